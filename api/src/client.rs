@@ -1,0 +1,180 @@
+//! A client of the Paddock API that tries several endpoints in turn.
+//!
+//! Any node serves any request, so a client only needs one reachable node. When a call fails in
+//! a way that says nothing about the request (node down, connection refused, timeout, no leader
+//! yet), the client moves on to the next endpoint and retries until its deadline. Writes carry a
+//! [`RequestId`] that stays the same across these retries, so a write whose answer was lost is
+//! answered from the cluster's record instead of being applied twice.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use paddock_model::RequestId;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoint given: pass --endpoint HOST:PORT or set PADDOCK_ENDPOINT")]
+    NoEndpoints,
+    #[error("invalid endpoint {endpoint:?}: expected HOST:PORT, for example 127.0.0.1:7001")]
+    BadEndpoint { endpoint: String },
+    #[error("{message}")]
+    Refused { code: Code, message: String },
+    #[error("no node answered within {waited:?} (tried {endpoints}); last error: {last}. Check that the nodes run, that --endpoint is right, and that --certs-dir holds certificates of this cluster's CA")]
+    Unreachable {
+        waited: Duration,
+        endpoints: String,
+        last: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code the server answered, when the server refused the request.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Connections to one cluster, one lazily connected channel per endpoint.
+#[derive(Debug)]
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    /// Index of the endpoint that answered last; calls start there.
+    current: usize,
+    client_id: u64,
+    next_seq: u64,
+    /// How long one call keeps retrying before giving up.
+    deadline: Duration,
+}
+
+impl Client {
+    /// Prepares channels to `endpoints` (`host:port`); nothing is connected until the first call.
+    pub fn new(
+        endpoints: &[String],
+        tls: ClientTlsConfig,
+        deadline: Duration,
+    ) -> Result<Client, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let attempt = deadline.min(Duration::from_secs(5));
+        let channels = endpoints
+            .iter()
+            .map(|endpoint| {
+                let bad = || ClientError::BadEndpoint {
+                    endpoint: endpoint.clone(),
+                };
+                if endpoint.contains("://") || !endpoint.contains(':') {
+                    return Err(bad());
+                }
+                Ok(Endpoint::from_shared(format!("https://{endpoint}"))
+                    .map_err(|_| bad())?
+                    .tls_config(tls.clone())
+                    .map_err(|_| bad())?
+                    .connect_timeout(Duration::from_millis(1000).min(attempt))
+                    .timeout(attempt)
+                    .tcp_nodelay(true)
+                    .connect_lazy())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client {
+            endpoints: endpoints.to_vec(),
+            channels,
+            current: fastrand::usize(..endpoints.len()),
+            client_id: fastrand::u64(1..),
+            next_seq: 1,
+            deadline,
+        })
+    }
+
+    /// A fresh request id for the next write; reuse it for every retry of that write.
+    pub fn next_request_id(&mut self) -> RequestId {
+        let id = RequestId {
+            client: self.client_id,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        id
+    }
+
+    /// The endpoint that answered the last call (or will be tried first).
+    pub fn current_endpoint(&self) -> &str {
+        &self.endpoints[self.current]
+    }
+
+    /// Runs `call` against the endpoints until one answers or the deadline passes. `call` gets
+    /// a channel and must be safe to repeat (reads, or writes carrying a request id).
+    pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(20);
+        let mut failures_in_round = 0;
+        loop {
+            let channel = self.channels[self.current].clone();
+            let remaining = self.deadline.saturating_sub(started.elapsed());
+            let last = match tokio::time::timeout(remaining, call(channel)).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) if !is_retryable(&status) => {
+                    return Err(ClientError::Refused {
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    })
+                }
+                Ok(Err(status)) => describe(&status),
+                Err(_) => "timed out".to_string(),
+            };
+            if started.elapsed() >= self.deadline {
+                return Err(ClientError::Unreachable {
+                    waited: self.deadline,
+                    endpoints: self.endpoints.join(", "),
+                    last: format!("{}: {last}", self.endpoints[self.current]),
+                });
+            }
+            self.current = (self.current + 1) % self.channels.len();
+            failures_in_round += 1;
+            if failures_in_round >= self.channels.len() {
+                // Every endpoint failed once: wait a little (an election may be under way).
+                failures_in_round = 0;
+                tokio::time::sleep(backoff.min(self.deadline.saturating_sub(started.elapsed())))
+                    .await;
+                backoff = (backoff * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+/// Failures that say nothing about the request itself: another node, or later, may succeed.
+fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+    )
+}
+
+fn describe(status: &Status) -> String {
+    use std::error::Error;
+    let mut text = status.message().to_string();
+    let mut source = status.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    if text.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        text
+    }
+}

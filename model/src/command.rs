@@ -1,0 +1,119 @@
+//! Commands carried by the Raft log, and what applying them answers.
+//!
+//! One log entry is one [`Proposal`]: a batch of client requests the leader collected, stamped
+//! with the leader's wall time. Batching many requests into one entry is what makes the log fast
+//! (one append, one fsync, one replication round for many writes).
+//!
+//! postcard encodes enum variants by position: append new variants at the end, never reorder.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RequestId;
+
+/// Longest key accepted in the cluster key/value space, in bytes.
+pub const MAX_KEY_LEN: usize = 1024;
+/// Largest value accepted in the cluster key/value space, in bytes.
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;
+
+/// The payload of one Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Wall-clock milliseconds since the Unix epoch, stamped by the proposing leader. The only
+    /// notion of time apply ever sees.
+    pub at_ms: u64,
+    pub requests: Vec<ClientRequest>,
+}
+
+/// One client write inside a [`Proposal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// Present when the client wants exactly-once: a retry with the same id is answered from
+    /// the recorded outcome.
+    pub id: Option<RequestId>,
+    pub command: Command,
+}
+
+/// A change to the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set `key` to `value`.
+    KvPut { key: String, value: String },
+    /// Remove `key` if present.
+    KvDelete { key: String },
+    /// Set `key` to `value` only if its current value is `expect` (`None`: only if absent).
+    KvCas {
+        key: String,
+        expect: Option<String>,
+        value: String,
+    },
+}
+
+/// What a successfully applied command answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// `KvPut`: the previous value, if any.
+    Put { previous: Option<String> },
+    /// `KvDelete`: the removed value, if any.
+    Deleted { previous: Option<String> },
+    /// `KvCas` succeeded.
+    Swapped,
+}
+
+/// Why apply refused a command. Refusals are normal, replicated outcomes: every replica refuses
+/// the same command for the same reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("compare-and-swap failed: the current value is {}", describe(.current))]
+    CasMismatch { current: Option<String> },
+    #[error("key is invalid: {reason}")]
+    InvalidKey { reason: String },
+    #[error("value is {len} bytes, the limit is {max} bytes; store large data outside the cluster key space")]
+    ValueTooLarge { len: usize, max: usize },
+    #[error("request {seq} of client {client:x} is older than its last applied request {last}; the client must use a new sequence number")]
+    StaleRequest { client: u64, seq: u64, last: u64 },
+}
+
+fn describe(value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!("{v:?}"),
+        None => "absent".to_string(),
+    }
+}
+
+/// The result of applying one [`ClientRequest`].
+pub type Outcome = Result<Response, Rejection>;
+
+impl Command {
+    /// Checks limits that do not depend on the state. Done both before proposing (so bad input
+    /// never reaches the log) and in apply (so the log stays the arbiter).
+    pub fn validate(&self) -> Result<(), Rejection> {
+        match self {
+            Command::KvPut { key, value } | Command::KvCas { key, value, .. } => {
+                validate_key(key)?;
+                if value.len() > MAX_VALUE_LEN {
+                    return Err(Rejection::ValueTooLarge {
+                        len: value.len(),
+                        max: MAX_VALUE_LEN,
+                    });
+                }
+                Ok(())
+            }
+            Command::KvDelete { key } => validate_key(key),
+        }
+    }
+}
+
+/// Checks a key of the cluster key/value space.
+pub fn validate_key(key: &str) -> Result<(), Rejection> {
+    if key.is_empty() {
+        return Err(Rejection::InvalidKey {
+            reason: "the key is empty".into(),
+        });
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Rejection::InvalidKey {
+            reason: format!("the key is {} bytes, the limit is {MAX_KEY_LEN}", key.len()),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The replicated state machine of Paddock: what the cluster knows and how it changes.
+//!
+//! ```text
+//!   proposer (leader) ── Proposal{at, [ClientRequest]} ──▶ raft log ──▶ apply(state, proposal)
+//!                                                                        │ pure: no clock,
+//!                                                                        ▼ no I/O, no randomness
+//!                                                            ClusterState + Vec<Outcome>
+//! ```
+//!
+//! Everything here is deterministic: every node applies the same log to the same state and
+//! reaches the same bytes (see [`ClusterState::digest`]). Time enters only as the `at_ms` the
+//! proposer stamped into the [`Proposal`]. Encoding is postcard behind a format version
+//! ([`codec`]), so new command kinds are appended at the end of their enums.
+
+pub mod codec;
+pub mod command;
+pub mod ids;
+pub mod query;
+pub mod state;
+
+pub use command::{ClientRequest, Command, Outcome, Proposal, Rejection, Response};
+pub use ids::{node_id_for_name, RequestId};
+pub use query::{Query, QueryResult};
+pub use state::{ClusterState, Member, MemberRole};
