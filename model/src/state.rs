@@ -11,6 +11,10 @@ use crate::command::{ClientRequest, Command, Outcome, Proposal, Rejection, Respo
 /// within seconds.
 pub const SESSION_TTL_MS: u64 = 15 * 60 * 1000;
 
+/// Most client sessions kept; beyond it the least recently used are dropped first. Bounds the
+/// state when many short-lived clients write.
+pub const MAX_SESSIONS: usize = 50_000;
+
 /// The replicated cluster state. Ordered maps only, so iteration, snapshots and digests are
 /// the same on every replica.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +100,12 @@ impl ClusterState {
             },
         );
         self.session_ages.insert((at_ms, id.client), ());
+        while self.sessions.len() > MAX_SESSIONS {
+            let Some(((_, oldest), ())) = self.session_ages.pop_first() else {
+                break;
+            };
+            self.sessions.remove(&oldest);
+        }
         outcome
     }
 

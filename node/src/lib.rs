@@ -1,1 +1,17 @@
+//! `paddockd`, the daemon every Paddock host runs: the API server, Raft, and (as later work
+//! adds them) the leader's controllers and the node agent. See DESIGN.md §1 for the picture.
+//!
+//! ```text
+//!  gRPC (mutual TLS) ─▶ service::{Kv, Cluster, Raft} ─▶ proposer ─▶ openraft ─▶ state machine
+//!  HTTP ─▶ http (/healthz /readyz /metrics)              │ forward to leader
+//!  daemon: wiring, start, graceful stop; membership: --peers / --join, learner promotion
+//! ```
 
+pub mod config;
+pub mod daemon;
+pub mod http;
+pub mod identity;
+pub mod membership;
+pub mod metrics;
+pub mod proposer;
+pub mod service;

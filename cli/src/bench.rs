@@ -1,0 +1,343 @@
+//! `paddock bench`: benchmarks on a fresh local cluster of real `paddockd` processes (gRPC,
+//! mutual TLS, fsync on). Figures go to docs/benchmarks.md; nothing here asserts a time.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use paddock_api::client::Client;
+use paddock_api::pb::kv_client::KvClient;
+use paddock_api::pb::PutRequest;
+use serde_json::json;
+
+use crate::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
+use crate::output::{parse_duration, Failure};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Committed writes/s and latency at several client counts.
+    Writes {
+        /// Concurrent clients per round, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Measured time per round (after 1 s of warm-up).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Storage engine of the nodes: redb or sled.
+        #[arg(long, default_value = "redb")]
+        storage: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// kill -9 the leader under load; time until the first successful write. Repeated.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value = "redb")]
+        storage: String,
+    },
+    /// Node memory with many keys, and the time a restarted node takes to be ready.
+    State {
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        #[arg(long, default_value = "redb")]
+        storage: String,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> Result<(), Failure> {
+    match command {
+        BenchCommand::Writes {
+            clients,
+            duration,
+            value_size,
+            storage,
+            nodes,
+        } => writes(&clients, duration, value_size, &storage, nodes).await,
+        BenchCommand::Failover { runs, storage } => failover(runs, &storage).await,
+        BenchCommand::State {
+            keys,
+            value_size,
+            storage,
+        } => state(keys, value_size, &storage).await,
+    }
+}
+
+async fn start_cluster(
+    nodes: usize,
+    storage: &str,
+) -> Result<(tempfile::TempDir, LocalCluster), Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-bench-")
+        .tempdir()?;
+    let spec = LocalClusterSpec {
+        nodes,
+        base_port: None,
+        extra_args: vec!["--storage".into(), storage.into()],
+    };
+    let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
+    cluster.start_all()?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    Ok((dir, cluster))
+}
+
+async fn put(client: &mut Client, key: String, value: String) -> bool {
+    let request = PutRequest {
+        key,
+        value,
+        request_id: Some(client.next_request_id().into()),
+    };
+    client
+        .call(|channel| {
+            let request = request.clone();
+            async move { KvClient::new(channel).put(request).await }
+        })
+        .await
+        .is_ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+async fn writes(
+    levels: &[usize],
+    duration: Duration,
+    value_size: usize,
+    storage: &str,
+    nodes: usize,
+) -> Result<(), Failure> {
+    let (_dir, mut cluster) = start_cluster(nodes, storage).await?;
+    let value = "v".repeat(value_size);
+    println!("bench writes: {nodes} nodes, storage {storage}, {value_size}-byte values, {duration:?} per round");
+    for &clients in levels {
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        let term_before = cluster.status_of(leader).await?.term;
+        let warmup_end = Instant::now() + Duration::from_secs(1);
+        let end = warmup_end + duration;
+        let mut tasks = Vec::new();
+        for task in 0..clients {
+            // Every client talks to all nodes, starting at a random one: most writes are
+            // forwarded by a follower, as for real clients that do not track the leader.
+            let mut client = cluster.client(Duration::from_secs(10))?;
+            let value = value.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    n += 1;
+                    let started = Instant::now();
+                    let ok = put(
+                        &mut client,
+                        format!("bench/{task}/{}", n % 1000),
+                        value.clone(),
+                    )
+                    .await;
+                    if started >= warmup_end {
+                        if ok {
+                            latencies.push(started.elapsed());
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (latencies, errors)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for task in tasks {
+            let (l, e) = task.await?;
+            latencies.extend(l);
+            errors += e;
+        }
+        latencies.sort();
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        let term_after = cluster.status_of(leader).await?.term;
+        let rate = latencies.len() as f64 / duration.as_secs_f64();
+        let result = json!({
+            "bench": "writes", "storage": storage, "nodes": nodes, "clients": clients,
+            "value_bytes": value_size, "seconds": duration.as_secs_f64(),
+            "writes": latencies.len(), "errors": errors,
+            "writes_per_sec": rate.round(),
+            "p50_ms": ms(percentile(&latencies, 0.50)),
+            "p99_ms": ms(percentile(&latencies, 0.99)),
+            "max_ms": ms(percentile(&latencies, 1.0)),
+            "elections_during_round": term_after.saturating_sub(term_before),
+        });
+        println!("{result}");
+    }
+    cluster.stop_all();
+    Ok(())
+}
+
+async fn failover(runs: usize, storage: &str) -> Result<(), Failure> {
+    let (_dir, mut cluster) = start_cluster(3, storage).await?;
+    println!("bench failover: 3 nodes, storage {storage}, {runs} runs; kill -9 of the leader under a steady write load");
+    // Successful writes: (start, end).
+    let log: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let mut client = cluster.client(Duration::from_secs(30))?;
+        let log = log.clone();
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let started = Instant::now();
+                if put(&mut client, format!("failover/{w}"), n.to_string()).await {
+                    if let Ok(mut log) = log.lock() {
+                        log.push((started, Instant::now()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let mut times = Vec::new();
+    for run in 1..=runs {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        let name = cluster.nodes[leader].name.clone();
+        let killed_at = Instant::now();
+        cluster.kill(leader);
+        let recovered = loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let first = log.lock().ok().and_then(|log| {
+                log.iter()
+                    .filter(|(s, _)| *s >= killed_at)
+                    .map(|(_, e)| *e)
+                    .min()
+            });
+            if let Some(end) = first {
+                break end;
+            }
+            if killed_at.elapsed() > Duration::from_secs(30) {
+                return Err(Failure::new(
+                    1,
+                    "no write succeeded within 30 s of killing the leader",
+                ));
+            }
+        };
+        let took = recovered - killed_at;
+        times.push(took);
+        println!(
+            "{}",
+            json!({"bench": "failover", "run": run, "killed": name, "ms": ms(took)})
+        );
+        cluster.start(leader)?;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let _ = w.await;
+    }
+    times.sort();
+    println!(
+        "{}",
+        json!({"bench": "failover", "runs": runs, "median_ms": ms(percentile(&times, 0.5)),
+               "min_ms": ms(times[0]), "max_ms": ms(times[times.len() - 1])})
+    );
+    cluster.stop_all();
+    Ok(())
+}
+
+/// Resident and peak memory of a process, in MiB, from /proc.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn state(keys: usize, value_size: usize, storage: &str) -> Result<(), Failure> {
+    let (_dir, mut cluster) = start_cluster(3, storage).await?;
+    println!("bench state: 3 nodes, storage {storage}, {keys} keys of {value_size} bytes");
+    let value = "s".repeat(value_size);
+    let loaded = Instant::now();
+    let writers = 64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = cluster.client(Duration::from_secs(30))?;
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in (w..keys).step_by(writers) {
+                if !put(&mut client, format!("state/{i:08}"), value.clone()).await {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await?;
+    }
+    let load_secs = loaded.elapsed().as_secs_f64();
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let target = cluster.status_of(leader).await?.applied_index;
+    // Let followers apply everything and the allocator settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut memory = Vec::new();
+    for node in &cluster.nodes {
+        if let Some(child) = &node.child {
+            let (rss, peak) = memory_mib(child.id());
+            memory.push(json!({"node": node.name, "rss_mib": rss, "peak_rss_mib": peak}));
+        }
+    }
+    println!(
+        "{}",
+        json!({"bench": "state", "keys": keys, "failed_writes": failed, "load_seconds": (load_secs * 10.0).round() / 10.0, "memory": memory})
+    );
+
+    // Restart a follower: time until it serves its own status with everything applied.
+    let follower = (0..cluster.nodes.len()).find(|i| *i != leader).unwrap_or(0);
+    cluster.terminate(follower, Duration::from_secs(10));
+    let started = Instant::now();
+    cluster.start(follower)?;
+    let ready = loop {
+        if let Ok(status) = cluster.status_of(follower).await {
+            if status.applied_index >= target && !status.leader.is_empty() {
+                break started.elapsed();
+            }
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(Failure::new(
+                1,
+                "the restarted node was not ready within 60 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let (rss, peak) = cluster.nodes[follower]
+        .child
+        .as_ref()
+        .map_or((0.0, 0.0), |c| memory_mib(c.id()));
+    println!(
+        "{}",
+        json!({"bench": "restart", "node": cluster.nodes[follower].name, "keys": keys,
+               "ready_ms": ms(ready), "rss_after_restart_mib": rss, "peak_rss_mib": peak})
+    );
+    cluster.stop_all();
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `paddock cluster`: the Raft cluster as a whole.
+
+use clap::Subcommand;
+use paddock_api::pb::cluster_client::ClusterClient;
+use paddock_api::pb::{ClusterStatus, StatusRequest};
+use serde_json::json;
+
+use super::{client_failure, print_json, Global};
+use crate::output::{Failure, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, commit index and members (with reachability as the leader sees it).
+    Status,
+}
+
+pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Status => {
+            let mut client = global.client()?;
+            let status = client
+                .call(|channel| async move {
+                    ClusterClient::new(channel)
+                        .status(StatusRequest { local: false })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await
+                .map_err(client_failure)?;
+            match global.output {
+                Output::Json => print_json(&status_json(&status)),
+                Output::Table => print_status_table(&status),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The JSON form of `cluster status` (a contract: fields are only ever added).
+pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
+    json!({
+        "cluster_id": status.cluster_id,
+        "answered_by": status.node,
+        "leader": if status.leader.is_empty() { serde_json::Value::Null } else { json!(status.leader) },
+        "term": status.term,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "state_digest": status.state_digest,
+        "storage": status.storage,
+        "members": status.members.iter().map(|m| json!({
+            "name": m.name,
+            "address": m.address,
+            "role": m.role,
+            "reachable": m.reachable,
+            "matched_index": m.matched_index,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_status_table(status: &ClusterStatus) {
+    let leader = if status.leader.is_empty() {
+        "(none: election under way or no majority)"
+    } else {
+        status.leader.as_str()
+    };
+    println!("cluster   {}", status.cluster_id);
+    println!("leader    {leader}");
+    println!("term      {}", status.term);
+    println!(
+        "commit    {}   (applied on {}: {})",
+        status.commit_index, status.node, status.applied_index
+    );
+    println!();
+    println!(
+        "{:<16} {:<24} {:<8} {:<10} {:>10}",
+        "NAME", "ADDRESS", "ROLE", "REACHABLE", "MATCHED"
+    );
+    for m in &status.members {
+        println!(
+            "{:<16} {:<24} {:<8} {:<10} {:>10}",
+            m.name,
+            m.address,
+            m.role,
+            if m.reachable { "yes" } else { "no" },
+            m.matched_index
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! `paddock dev`: a local cluster on this machine for trying Paddock out — certificates, data
+//! dirs and logs under one directory (default `.dev`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use crate::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
+use crate::output::{exit, Failure};
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Start a local cluster (certificates made on first use) and keep it running until Ctrl-C.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value = ".dev")]
+        dir: PathBuf,
+        /// gRPC port of n1; n2, n3... use the next ones, HTTP ports are 100 above.
+        #[arg(long, default_value_t = 7001)]
+        base_port: u16,
+        /// Storage engine: redb or sled.
+        #[arg(long, default_value = "redb")]
+        storage: String,
+        /// Start the nodes in the background and return; stop them with `paddock dev down`.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a cluster started with `dev up --detach`.
+    Down {
+        #[arg(long, default_value = ".dev")]
+        dir: PathBuf,
+    },
+}
+
+const PIDS_FILE: &str = "pids";
+
+pub async fn run(command: DevCommand) -> Result<(), Failure> {
+    match command {
+        DevCommand::Up {
+            nodes,
+            dir,
+            base_port,
+            storage,
+            detach,
+        } => up(nodes, &dir, base_port, storage, detach).await,
+        DevCommand::Down { dir } => down(&dir),
+    }
+}
+
+async fn up(
+    nodes: usize,
+    dir: &Path,
+    base_port: u16,
+    storage: String,
+    detach: bool,
+) -> Result<(), Failure> {
+    if !(1..=7).contains(&nodes) {
+        return Err(Failure::new(exit::ERROR, "--nodes must be between 1 and 7"));
+    }
+    if dir.join(PIDS_FILE).exists() {
+        return Err(Failure::new(
+            exit::ERROR,
+            format!(
+                "a detached cluster may be running from {}: stop it with `paddock dev down --dir {}` first",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    let dir = std::path::absolute(dir)?;
+    let spec = LocalClusterSpec {
+        nodes,
+        base_port: Some(base_port),
+        extra_args: vec!["--storage".into(), storage],
+    };
+    let mut cluster = LocalCluster::prepare(&dir, &spec, find_paddockd()?)?;
+    cluster.start_all()?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let endpoints = cluster.endpoints().join(",");
+    println!(
+        "Paddock dev cluster is up: {} nodes, leader {}.",
+        nodes, cluster.nodes[leader].name
+    );
+    for node in &cluster.nodes {
+        println!(
+            "  {:<4} grpc {}  http http://{}/metrics  log {}",
+            node.name,
+            node.address,
+            node.http,
+            node.log_path.display()
+        );
+    }
+    println!();
+    println!("Point the CLI at it:");
+    println!("  export PADDOCK_ENDPOINT={endpoints}");
+    println!("  export PADDOCK_CERTS_DIR={}", cluster.certs.dir.display());
+    println!("  paddock cluster status");
+    println!("  paddock kv put greeting hello && paddock kv get greeting");
+    if detach {
+        let pids: Vec<String> = cluster
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .map(|child| child.id().to_string())
+            .collect();
+        std::fs::write(dir.join(PIDS_FILE), pids.join("\n"))?;
+        println!();
+        println!(
+            "Running in the background; stop with: paddock dev down --dir {}",
+            dir.display()
+        );
+        return Ok(());
+    }
+    println!();
+    println!(
+        "Ctrl-C stops the cluster (data stays in {}).",
+        dir.display()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping...");
+    cluster.stop_all();
+    Ok(())
+}
+
+fn down(dir: &Path) -> Result<(), Failure> {
+    let path = dir.join(PIDS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        Failure::new(
+            exit::ERROR,
+            format!("no detached cluster found ({} is missing)", path.display()),
+        )
+    })?;
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    std::fs::remove_file(&path)?;
+    println!("sent SIGTERM to the dev cluster's nodes");
+    Ok(())
+}

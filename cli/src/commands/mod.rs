@@ -1,0 +1,64 @@
+//! One module per command group. Each takes the parsed arguments and the global options and
+//! returns what to print, or a [`Failure`](crate::output::Failure) with its exit code.
+
+pub mod certs;
+pub mod cluster;
+pub mod dev;
+pub mod kv;
+pub mod node;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use paddock_api::certs::{CertsDir, CLIENT_HINT};
+use paddock_api::client::{Client, ClientError};
+
+use crate::output::{exit, Failure, Output};
+
+/// Options every command that talks to the cluster shares.
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub endpoints: Vec<String>,
+    pub certs_dir: Option<PathBuf>,
+    pub user: String,
+    pub output: Output,
+    pub timeout: Duration,
+}
+
+impl Global {
+    /// A client for the configured endpoints, as `--user`.
+    pub fn client(&self) -> Result<Client, Failure> {
+        let Some(dir) = &self.certs_dir else {
+            return Err(Failure::new(
+                exit::ERROR,
+                "no certificates given: pass --certs-dir DIR or set PADDOCK_CERTS_DIR (for `paddock dev up`: .dev/certs)",
+            ));
+        };
+        let tls = CertsDir::new(dir).client_tls(&self.user, CLIENT_HINT)?;
+        Client::new(&self.endpoints, tls, self.timeout).map_err(client_failure)
+    }
+}
+
+/// Turns a client error into a one-line message with a hint.
+pub fn client_failure(e: ClientError) -> Failure {
+    use tonic::Code;
+    let message = match &e {
+        ClientError::Refused { code, message } => match code {
+            Code::PermissionDenied => format!("permission denied: {message}"),
+            Code::Unauthenticated => format!("not authenticated: {message}"),
+            Code::InvalidArgument => format!("invalid request: {message}"),
+            Code::NotFound => format!("not found: {message}"),
+            _ => message.clone(),
+        },
+        _ => e.to_string(),
+    };
+    Failure::new(exit::ERROR, message)
+}
+
+/// Prints `value` as pretty JSON.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}

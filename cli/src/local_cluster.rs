@@ -1,0 +1,339 @@
+//! A cluster of local `paddockd` processes on 127.0.0.1: what `paddock dev up` and the
+//! benchmarks run, and what the integration tests drive (kill -9, restart, join).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use paddock_api::certs::{CertsDir, Role, CLIENT_HINT};
+use paddock_api::client::Client;
+use paddock_api::pb::cluster_client::ClusterClient;
+use paddock_api::pb::{ClusterStatus, StatusRequest};
+
+/// Name of the admin client certificate made for a local cluster.
+pub const ADMIN: &str = "admin";
+
+/// One `paddockd` process of a [`LocalCluster`].
+#[derive(Debug)]
+pub struct LocalNode {
+    pub name: String,
+    /// gRPC address, 127.0.0.1:port.
+    pub address: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    /// Flags added to every start of this node (storage engine, timings...).
+    pub extra_args: Vec<String>,
+    /// How the node entered the cluster: `--peers ...` or `--join ...`.
+    pub bootstrap: Vec<String>,
+    pub child: Option<Child>,
+}
+
+/// Local nodes sharing one certificates directory.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub certs: CertsDir,
+    pub paddockd: PathBuf,
+    pub nodes: Vec<LocalNode>,
+}
+
+/// Settings of a new local cluster.
+#[derive(Debug, Clone)]
+pub struct LocalClusterSpec {
+    pub nodes: usize,
+    /// First gRPC port; `None` picks free ports.
+    pub base_port: Option<u16>,
+    /// Flags for every node, e.g. `["--storage", "sled"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for LocalClusterSpec {
+    fn default() -> Self {
+        LocalClusterSpec {
+            nodes: 3,
+            base_port: None,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// The `paddockd` binary next to the running executable (cargo puts all binaries of a
+/// workspace in one directory; test executables live one level below, in `deps/`).
+pub fn find_paddockd() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the running executable")?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let candidate = d.join("paddockd");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+        if dir
+            .as_deref()
+            .is_some_and(|p| p.file_name().is_some_and(|n| n == "target"))
+        {
+            break;
+        }
+    }
+    bail!(
+        "cannot find the paddockd binary next to {}; build it with `cargo build --bins`",
+        exe.display()
+    )
+}
+
+/// A free TCP port on 127.0.0.1 (released before returning; fine for tests on one host).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl LocalCluster {
+    /// Prepares certificates and node settings in `dir` (reusing existing certificates) without
+    /// starting anything.
+    pub fn prepare(
+        dir: &Path,
+        spec: &LocalClusterSpec,
+        paddockd: PathBuf,
+    ) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let certs = CertsDir::new(dir.join("certs"));
+        if !certs.ca_cert().exists() {
+            certs.init_ca("local")?;
+        }
+        if !certs.cert(ADMIN).exists() {
+            certs.issue_client(ADMIN, Role::Admin)?;
+        }
+        let mut cluster = LocalCluster {
+            dir: dir.to_path_buf(),
+            certs,
+            paddockd,
+            nodes: Vec::new(),
+        };
+        let mut ports = Vec::new();
+        for i in 0..spec.nodes {
+            let port = match spec.base_port {
+                Some(base) => base + i as u16,
+                None => free_port()?,
+            };
+            ports.push(port);
+        }
+        let peers = (0..spec.nodes)
+            .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, port) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let http_port = match spec.base_port {
+                Some(base) => base + 100 + i as u16,
+                None => free_port()?,
+            };
+            cluster.add_node(
+                &name,
+                *port,
+                http_port,
+                vec!["--peers".into(), peers.clone()],
+                spec.extra_args.clone(),
+            )?;
+        }
+        Ok(cluster)
+    }
+
+    fn add_node(
+        &mut self,
+        name: &str,
+        port: u16,
+        http_port: u16,
+        bootstrap: Vec<String>,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<usize> {
+        if !self.certs.cert(name).exists() {
+            self.certs
+                .issue_node(name, &["127.0.0.1".into(), "localhost".into()])?;
+        }
+        let data_dir = self.dir.join(name);
+        self.nodes.push(LocalNode {
+            name: name.to_string(),
+            address: format!("127.0.0.1:{port}"),
+            http: format!("127.0.0.1:{http_port}"),
+            log_path: self.dir.join(format!("{name}.log")),
+            data_dir,
+            extra_args,
+            bootstrap,
+            child: None,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Adds a node that joins through `via` (an index of a running node); call [`start`] next.
+    pub fn add_joining_node(
+        &mut self,
+        name: &str,
+        via: usize,
+        extra_args: Vec<String>,
+    ) -> anyhow::Result<usize> {
+        let via = self.nodes[via].address.clone();
+        self.add_node(
+            name,
+            free_port()?,
+            free_port()?,
+            vec!["--join".into(), via],
+            extra_args,
+        )
+    }
+
+    /// Starts node `i` (no-op if it runs).
+    pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .with_context(|| format!("cannot open {}", node.log_path.display()))?;
+        let child = Command::new(&self.paddockd)
+            .arg("--name")
+            .arg(&node.name)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--listen")
+            .arg(&node.address)
+            .arg("--http")
+            .arg(&node.http)
+            .arg("--certs-dir")
+            .arg(&self.certs.dir)
+            .args(&node.bootstrap)
+            .args(&node.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.paddockd.display()))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// `kill -9` node `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait up to `grace` for it to exit (then kill it). Returns whether
+    /// it exited by itself.
+    pub fn terminate(&mut self, i: usize, grace: Duration) -> bool {
+        let Some(mut child) = self.nodes[i].child.take() else {
+            return true;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < grace {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn is_running(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.address.clone()).collect()
+    }
+
+    /// A client of the whole cluster, as the local admin.
+    pub fn client(&self, deadline: Duration) -> anyhow::Result<Client> {
+        self.client_of(self.endpoints(), deadline)
+    }
+
+    pub fn client_of(&self, endpoints: Vec<String>, deadline: Duration) -> anyhow::Result<Client> {
+        let tls = self.certs.client_tls(ADMIN, CLIENT_HINT)?;
+        Ok(Client::new(&endpoints, tls, deadline)?)
+    }
+
+    /// Node `i`'s own view of the cluster.
+    pub async fn status_of(&self, i: usize) -> anyhow::Result<ClusterStatus> {
+        let mut client =
+            self.client_of(vec![self.nodes[i].address.clone()], Duration::from_secs(2))?;
+        let status = client
+            .call(|channel| async move {
+                ClusterClient::new(channel)
+                    .status(StatusRequest { local: true })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        Ok(status)
+    }
+
+    /// Waits until the running nodes agree on one leader; returns its index.
+    pub async fn wait_for_leader(&mut self, timeout: Duration) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        loop {
+            let mut leaders = BTreeMap::new();
+            let mut running = 0;
+            for i in 0..self.nodes.len() {
+                if !self.is_running(i) {
+                    continue;
+                }
+                running += 1;
+                if let Ok(status) = self.status_of(i).await {
+                    if !status.leader.is_empty() {
+                        *leaders.entry(status.leader).or_insert(0) += 1;
+                    }
+                }
+            }
+            if let Some((leader, votes)) = leaders.iter().max_by_key(|(_, v)| **v) {
+                if *votes == running && leaders.len() == 1 {
+                    if let Some(i) = self.nodes.iter().position(|n| &n.name == leader) {
+                        if self.is_running(i) {
+                            return Ok(i);
+                        }
+                    }
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!("no leader agreed on by all running nodes within {timeout:?} (seen: {leaders:?}); see the node logs in {}", self.dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node: SIGTERM, then kill after a grace period.
+    pub fn stop_all(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.terminate(i, Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

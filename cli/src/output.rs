@@ -1,0 +1,85 @@
+//! Output format and exit codes shared by all commands. Scripts rely on both.
+
+use std::fmt;
+use std::time::Duration;
+
+/// `-o table|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Exit codes (a contract for scripts).
+pub mod exit {
+    /// Any error not listed below.
+    pub const ERROR: u8 = 1;
+    /// `kv get`: the key does not exist.
+    pub const NOT_FOUND: u8 = 3;
+    /// `kv cas`: the current value differs from `--expect`.
+    pub const CAS_MISMATCH: u8 = 4;
+}
+
+/// A command's failure: the message for stderr and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let e: anyhow::Error = e.into();
+        Failure::new(exit::ERROR, format!("{e:#}"))
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?}: use e.g. 500ms, 10s or 2m");
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| text.split_at(i))
+        .ok_or_else(bad)?;
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("xs").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! paddockd's configuration: flags, `PADDOCK_*` environment variables and a TOML file, with
+//! flags and environment winning over the file, and the file over the defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use paddock_raft::StorageKind;
+use serde::Deserialize;
+
+/// paddockd — the Paddock daemon. Run one on every host; started with the same --peers list,
+/// the daemons form a Raft cluster by themselves.
+#[derive(Debug, Parser)]
+#[command(name = "paddockd", version, about, long_about = None)]
+pub struct Flags {
+    /// TOML file with the same keys as the flags (snake_case: data_dir, listen, peers, ...).
+    #[arg(long, env = "PADDOCK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name: its stable identity in the cluster (a-z, 0-9, '-', '_').
+    #[arg(long, env = "PADDOCK_NAME")]
+    pub name: Option<String>,
+    /// Directory for the Raft log, vote, snapshots and the node identity.
+    #[arg(long, env = "PADDOCK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve gRPC (Raft and clients, mutual TLS) on, host:port.
+    #[arg(long, env = "PADDOCK_LISTEN")]
+    pub listen: Option<String>,
+    /// Address other nodes and clients use to reach this node [default: this node's --peers
+    /// entry, else --listen].
+    #[arg(long, env = "PADDOCK_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Address for plain-HTTP /healthz, /readyz and /metrics (read-only, no cluster data).
+    #[arg(long, env = "PADDOCK_HTTP")]
+    pub http: Option<String>,
+    /// Directory with ca.crt and this node's NAME.crt / NAME.key (see `paddock certs`).
+    #[arg(long, env = "PADDOCK_CERTS_DIR")]
+    pub certs_dir: Option<PathBuf>,
+    /// Initial members, the same on every node: n1=host:port,n2=host:port,n3=host:port.
+    #[arg(long, env = "PADDOCK_PEERS")]
+    pub peers: Option<String>,
+    /// Join a running cluster through any of its members (host:port).
+    #[arg(long, env = "PADDOCK_JOIN", conflicts_with = "peers")]
+    pub join: Option<String>,
+    /// Storage engine of the Raft log: redb (default) or sled.
+    #[arg(long, env = "PADDOCK_STORAGE")]
+    pub storage: Option<String>,
+    /// Leader heartbeat interval in milliseconds [default: 100].
+    #[arg(long, env = "PADDOCK_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Smallest election timeout in milliseconds [default: 300].
+    #[arg(long, env = "PADDOCK_ELECTION_MIN_MS")]
+    pub election_min_ms: Option<u64>,
+    /// Largest election timeout in milliseconds [default: 600].
+    #[arg(long, env = "PADDOCK_ELECTION_MAX_MS")]
+    pub election_max_ms: Option<u64>,
+    /// Build a snapshot after this many log entries since the last one [default: 10000].
+    #[arg(long, env = "PADDOCK_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
+    /// Log entries kept after a snapshot, for slow followers [default: 1000].
+    #[arg(long, env = "PADDOCK_KEEP_LOGS")]
+    pub keep_logs: Option<u64>,
+    /// Log filter (tracing EnvFilter syntax) [default: info,openraft=warn].
+    #[arg(long, env = "PADDOCK_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same keys, from the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    name: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    http: Option<String>,
+    certs_dir: Option<PathBuf>,
+    /// Either "n1=h:p,n2=h:p" or a table { n1 = "h:p", ... }.
+    peers: Option<PeersValue>,
+    join: Option<String>,
+    storage: Option<String>,
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    keep_logs: Option<u64>,
+    log: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PeersValue {
+    Text(String),
+    Table(BTreeMap<String, String>),
+}
+
+/// How this node enters the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Form (or rejoin) the cluster of these initial members, by name.
+    Peers(BTreeMap<String, String>),
+    /// Join a running cluster through this member.
+    Join(String),
+    /// Restart of an existing member: everything needed is in the data dir.
+    Existing,
+}
+
+/// Validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub http: Option<SocketAddr>,
+    pub certs_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub storage: StorageKind,
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    pub snapshot_every: u64,
+    pub keep_logs: u64,
+    pub log: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(message.into())
+}
+
+impl NodeConfig {
+    /// Merges flags (and environment) over the config file, then checks everything.
+    pub fn from_flags(flags: Flags) -> Result<NodeConfig, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let name = flags.name.or(file.name).ok_or_else(|| {
+            invalid("--name is required: give this node a stable name, e.g. --name n1")
+        })?;
+        paddock_model::ids::validate_node_name(&name).map_err(invalid)?;
+        let data_dir = flags.data_dir.or(file.data_dir).ok_or_else(|| {
+            invalid("--data-dir is required: a directory for this node's log and state")
+        })?;
+        let listen_text = flags.listen.or(file.listen).ok_or_else(|| {
+            invalid("--listen is required: the host:port to serve on, e.g. --listen 127.0.0.1:7001")
+        })?;
+        let listen = parse_addr("--listen", &listen_text)?;
+        let http = flags
+            .http
+            .or(file.http)
+            .map(|h| parse_addr("--http", &h))
+            .transpose()?;
+        let certs_dir = flags.certs_dir.or(file.certs_dir).ok_or_else(|| {
+            invalid("--certs-dir is required: a directory with ca.crt and this node's certificate (see `paddock certs`)")
+        })?;
+        let peers_text = match (flags.peers, file.peers) {
+            (Some(text), _) | (None, Some(PeersValue::Text(text))) => Some(text),
+            (None, Some(PeersValue::Table(table))) => Some(
+                table
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (None, None) => None,
+        };
+        let join = flags.join.or(file.join);
+        let bootstrap = match (peers_text, join) {
+            (Some(_), Some(_)) => return Err(invalid("--peers and --join exclude each other: --peers forms a new cluster, --join enters a running one")),
+            (Some(text), None) => Bootstrap::Peers(parse_peers(&text)?),
+            (None, Some(member)) => {
+                parse_addr_like("--join", &member)?;
+                Bootstrap::Join(member)
+            }
+            (None, None) => Bootstrap::Existing,
+        };
+        let advertise = match (flags.advertise.or(file.advertise), &bootstrap) {
+            (Some(a), _) => {
+                parse_addr_like("--advertise", &a)?;
+                a
+            }
+            (None, Bootstrap::Peers(peers)) => peers
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| listen_text.clone()),
+            (None, _) => listen_text.clone(),
+        };
+        if let Bootstrap::Peers(peers) = &bootstrap {
+            match peers.get(&name) {
+                None => {
+                    return Err(invalid(format!(
+                        "--peers does not list this node {name:?}; every node must be started with the full list, including itself"
+                    )))
+                }
+                Some(address) if *address != advertise => {
+                    return Err(invalid(format!(
+                        "--peers gives {name} the address {address}, but this node advertises {advertise}; make them agree"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let storage = flags
+            .storage
+            .or(file.storage)
+            .map(|s| s.parse::<StorageKind>().map_err(invalid))
+            .transpose()?
+            .unwrap_or(StorageKind::Redb);
+        let heartbeat = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+        let election_min = flags
+            .election_min_ms
+            .or(file.election_min_ms)
+            .unwrap_or(300);
+        let election_max = flags
+            .election_max_ms
+            .or(file.election_max_ms)
+            .unwrap_or(600);
+        if heartbeat == 0 || election_min <= heartbeat * 2 || election_max <= election_min {
+            return Err(invalid(format!(
+                "unsafe Raft timings: heartbeat {heartbeat} ms, election timeout {election_min}-{election_max} ms; \
+                 the election timeout must exceed twice the heartbeat and its maximum must exceed its minimum \
+                 (defaults: 100 ms, 300-600 ms)"
+            )));
+        }
+        let snapshot_every = flags
+            .snapshot_every
+            .or(file.snapshot_every)
+            .unwrap_or(10_000);
+        let keep_logs = flags.keep_logs.or(file.keep_logs).unwrap_or(1_000);
+        if snapshot_every == 0 {
+            return Err(invalid("--snapshot-every must be at least 1"));
+        }
+        Ok(NodeConfig {
+            name,
+            data_dir,
+            listen,
+            advertise,
+            http,
+            certs_dir,
+            bootstrap,
+            storage,
+            heartbeat: Duration::from_millis(heartbeat),
+            election_min: Duration::from_millis(election_min),
+            election_max: Duration::from_millis(election_max),
+            snapshot_every,
+            keep_logs,
+            log: flags
+                .log
+                .or(file.log)
+                .unwrap_or_else(|| "info,openraft=warn".to_string()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|_| {
+        invalid(format!(
+            "{flag} {text:?} is not an IP:port address; use e.g. 127.0.0.1:7001 or 0.0.0.0:7001"
+        ))
+    })
+}
+
+/// host:port where host may be a DNS name.
+fn parse_addr_like(flag: &str, text: &str) -> Result<(), ConfigError> {
+    let ok = text
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{flag} {text:?} is not host:port; use e.g. 10.0.0.5:7001"
+        )))
+    }
+}
+
+/// Parses `n1=h:p,n2=h:p`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, address) = item.split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "--peers entry {item:?} is not NAME=HOST:PORT; expected e.g. n1=127.0.0.1:7001,n2=127.0.0.1:7002"
+            ))
+        })?;
+        paddock_model::ids::validate_node_name(name).map_err(invalid)?;
+        parse_addr_like("--peers", address)?;
+        if peers
+            .insert(name.to_string(), address.to_string())
+            .is_some()
+        {
+            return Err(invalid(format!("--peers names {name} twice")));
+        }
+    }
+    if peers.is_empty() {
+        return Err(invalid(
+            "--peers is empty; give every initial member as NAME=HOST:PORT",
+        ));
+    }
+    let mut addresses: Vec<&String> = peers.values().collect();
+    addresses.sort();
+    if addresses.windows(2).any(|w| w[0] == w[1]) {
+        return Err(invalid("--peers gives two nodes the same address"));
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec!["paddockd"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).expect("flags parse")
+    }
+
+    const BASE: [&str; 6] = [
+        "--name",
+        "n1",
+        "--data-dir",
+        "/tmp/x",
+        "--certs-dir",
+        "/tmp/c",
+    ];
+
+    fn with(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let mut args = BASE.to_vec();
+        args.extend_from_slice(extra);
+        NodeConfig::from_flags(flags(&args))
+    }
+
+    #[test]
+    fn peers_give_the_advertised_address() {
+        let cfg = with(&[
+            "--listen",
+            "127.0.0.1:7001",
+            "--peers",
+            "n1=127.0.0.1:7001,n2=127.0.0.1:7002",
+        ])
+        .expect("valid");
+        assert_eq!(cfg.advertise, "127.0.0.1:7001");
+        assert!(matches!(cfg.bootstrap, Bootstrap::Peers(ref p) if p.len() == 2));
+        assert_eq!(cfg.storage, StorageKind::Redb);
+    }
+
+    #[test]
+    fn bad_input_is_explained() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen", "nonsense"], "not an IP:port"),
+            (
+                &["--listen", "127.0.0.1:7001", "--peers", "n2=127.0.0.1:7002"],
+                "does not list this node",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--peers", "n1"],
+                "not NAME=HOST:PORT",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--peers", "n1=127.0.0.1:9"],
+                "make them agree",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--storage", "rocks"],
+                "unknown storage engine",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--heartbeat-ms", "500"],
+                "unsafe Raft timings",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--join", "x"],
+                "not host:port",
+            ),
+        ];
+        for (args, expected) in cases {
+            let err = with(args).expect_err("must be refused").to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_file_fills_in_and_flags_win() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("paddock.toml");
+        std::fs::write(
+            &path,
+            "name = \"n1\"\ndata_dir = \"/d\"\nlisten = \"127.0.0.1:7001\"\ncerts_dir = \"/c\"\nheartbeat_ms = 50\n[peers]\nn1 = \"127.0.0.1:7001\"\nn2 = \"127.0.0.1:7002\"\n",
+        )
+        .expect("write");
+        let path_text = path.to_str().expect("utf8");
+        let cfg = NodeConfig::from_flags(flags(&["--config", path_text, "--heartbeat-ms", "80"]))
+            .expect("valid");
+        assert_eq!(cfg.heartbeat, Duration::from_millis(80));
+        assert_eq!(cfg.data_dir, PathBuf::from("/d"));
+        assert!(matches!(cfg.bootstrap, Bootstrap::Peers(ref p) if p.len() == 2));
+
+        std::fs::write(&path, "name = \"n1\"\nlisten_on = \"x\"\n").expect("write");
+        let err = NodeConfig::from_flags(flags(&["--config", path_text])).expect_err("unknown key");
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+}

@@ -1,0 +1,285 @@
+//! Wires one node together and runs it until shutdown.
+//!
+//! Start: certificates → identity checks → stores → Raft → gRPC + HTTP servers → bootstrap
+//! (`--peers` initialize or `--join`) → leader controllers.
+//! Stop (SIGTERM): a leader first hands leadership to an up-to-date voter, then Raft stops,
+//! then the servers.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{Config, SnapshotPolicy};
+use paddock_api::certs::{CertsDir, NODE_HINT};
+use paddock_api::pb;
+use paddock_model::node_id_for_name;
+use paddock_raft::{open_store, Network, Raft, StateMachine};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{Bootstrap, NodeConfig};
+use crate::http::{self, HttpState};
+use crate::identity::{self, Identity};
+use crate::membership;
+use crate::metrics::NodeMetrics;
+use crate::proposer::Proposer;
+use crate::service::{ClusterService, KvService, RaftService};
+
+/// Largest gRPC message accepted: Raft batches and snapshot chunks.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Runs the node until `stop` resolves, then shuts down gracefully.
+pub async fn run(
+    config: NodeConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let node_id = node_id_for_name(&config.name);
+    let certs = CertsDir::new(&config.certs_dir);
+    let server_tls = certs.server_tls(&config.name)?;
+    let client_tls = certs.client_tls(&config.name, NODE_HINT)?;
+
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let cluster_id = Arc::new(OnceLock::new());
+    let stored = identity::load(&config.data_dir)?;
+    if let Some(stored) = &stored {
+        identity::check_name(&config.data_dir, stored, &config.name)?;
+        if let Bootstrap::Peers(peers) = &config.bootstrap {
+            let given = identity::cluster_id_for_peers(peers);
+            identity::check_cluster(&config.data_dir, stored, &given, "--peers")?;
+        }
+        let _ = cluster_id.set(stored.cluster_id.clone());
+    } else if config.bootstrap == Bootstrap::Existing {
+        anyhow::bail!(
+            "data dir {} holds no cluster yet: start a new node with --peers (to form a cluster) or --join HOST:PORT (to join one)",
+            config.data_dir.display()
+        );
+    }
+    if let (None, Bootstrap::Peers(peers)) = (&stored, &config.bootstrap) {
+        let id = identity::cluster_id_for_peers(peers);
+        identity::store(
+            &config.data_dir,
+            &Identity {
+                cluster_id: id.clone(),
+                node_name: config.name.clone(),
+            },
+        )?;
+        let _ = cluster_id.set(id);
+    }
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another paddockd using it? pick another --listen",
+            config.listen
+        )
+    })?;
+    let http_listener =
+        match config.http {
+            Some(address) => Some(http::bind(address).await.with_context(|| {
+                format!("cannot listen on --http {address}; pick another address")
+            })?),
+            None => None,
+        };
+
+    let log_store =
+        open_store(config.storage, &config.data_dir.join("raft")).with_context(|| {
+            format!(
+                "cannot open the {} store in {}",
+                config.storage.as_str(),
+                config.data_dir.display()
+            )
+        })?;
+    let state_machine = StateMachine::open(&config.data_dir.join("snapshots"))?;
+    let shared = state_machine.shared();
+    let network = Network::new(client_tls.clone());
+    let contact = network.contact();
+    let raft_config = Config {
+        cluster_name: "paddock".into(),
+        heartbeat_interval: config.heartbeat.as_millis() as u64,
+        election_timeout_min: config.election_min.as_millis() as u64,
+        election_timeout_max: config.election_max.as_millis() as u64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: config.keep_logs,
+        install_snapshot_timeout: 2_000,
+        ..Default::default()
+    }
+    .validate()
+    .context("invalid Raft settings")?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("cannot start Raft")?;
+
+    let metrics = Arc::new(NodeMetrics::new());
+    let proposer = Proposer::new(
+        raft.clone(),
+        node_id,
+        shared.clone(),
+        client_tls.clone(),
+        metrics.clone(),
+    );
+    let (shutdown_tx, shutdown) = watch::channel(false);
+
+    let raft_service = pb::raft_server::RaftServer::new(RaftService {
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster_service = pb::cluster_server::ClusterServer::new(ClusterService {
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        shared: shared.clone(),
+        contact,
+        node_name: config.name.clone(),
+        cluster_id: cluster_id.clone(),
+        storage: config.storage.as_str(),
+    });
+    let kv_service = pb::kv_server::KvServer::new(KvService {
+        proposer: proposer.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(server_tls)
+            .context("invalid TLS settings")?
+            .tcp_nodelay(true)
+            .add_service(raft_service)
+            .add_service(cluster_service)
+            .add_service(kv_service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = grpc_shutdown.changed().await;
+            }),
+    );
+    if let Some(listener) = http_listener {
+        tokio::spawn(http::serve(
+            listener,
+            HttpState {
+                raft: raft.clone(),
+                metrics,
+            },
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(
+        name = %config.name,
+        listen = %config.listen,
+        advertise = %config.advertise,
+        storage = config.storage.as_str(),
+        "paddockd serving"
+    );
+
+    match &config.bootstrap {
+        Bootstrap::Peers(peers) => membership::initialize(&raft, peers).await?,
+        Bootstrap::Join(member) if stored.is_none() => {
+            let joined = tokio::select! {
+                joined = membership::join(member, &client_tls, &config.name, &config.advertise, shutdown.clone()) => joined,
+                () = wait_for(&shutdown) => Err(anyhow::anyhow!("shut down before the join completed")),
+            };
+            match joined {
+                Ok(id) => {
+                    identity::store(
+                        &config.data_dir,
+                        &Identity {
+                            cluster_id: id.clone(),
+                            node_name: config.name.clone(),
+                        },
+                    )?;
+                    let _ = cluster_id.set(id);
+                }
+                Err(e) => {
+                    let _ = raft.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
+        Bootstrap::Join(_) | Bootstrap::Existing => {}
+    }
+    tokio::spawn(membership::run_promoter(raft.clone(), shutdown.clone()));
+
+    stop.await;
+    tracing::info!("shutting down");
+    hand_over_leadership(&raft, &proposer).await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not stop cleanly");
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), grpc).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for(shutdown: &watch::Receiver<bool>) {
+    let mut shutdown = shutdown.clone();
+    let _ = shutdown.wait_for(|stopped| *stopped).await;
+}
+
+/// If this node leads, asks the most up-to-date other voter to take over (Raft's TimeoutNow),
+/// so clients see a new leader within one election round instead of an election timeout.
+async fn hand_over_leadership(raft: &Raft, proposer: &Proposer) {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.current_leader != Some(metrics.id) {
+        return;
+    }
+    raft.runtime_config().elect(false);
+    let membership = metrics.membership_config.membership();
+    let last = metrics.last_log_index.unwrap_or(0);
+    let Some(replication) = metrics.replication.as_ref() else {
+        return;
+    };
+    let successor = membership
+        .voter_ids()
+        .filter(|id| *id != metrics.id)
+        .filter_map(|id| {
+            let matched = replication.get(&id).cloned().flatten()?.index;
+            Some((matched, id))
+        })
+        .max();
+    let Some((matched, successor)) = successor else {
+        return;
+    };
+    if matched < last {
+        // Give the successor a moment to receive the tail of the log.
+        let _ = raft
+            .wait(Some(Duration::from_millis(500)))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&successor).cloned().flatten())
+                        .is_some_and(|l| l.index >= last)
+                },
+                "successor caught up",
+            )
+            .await;
+    }
+    let Some(node) = membership.get_node(&successor) else {
+        return;
+    };
+    let Ok(channel) = proposer.channel(&node.address) else {
+        return;
+    };
+    let mut client = pb::raft_client::RaftClient::new(channel);
+    let request = pb::TimeoutNowRequest {
+        from: metrics.id.to_string(),
+    };
+    match client.timeout_now(request).await {
+        Ok(_) => {
+            let handed_over = raft
+                .wait(Some(Duration::from_secs(2)))
+                .metrics(|m| m.current_leader != Some(m.id), "leadership handed over")
+                .await
+                .is_ok();
+            tracing::info!(to = %node.name, handed_over, "leadership transfer");
+        }
+        Err(status) => tracing::warn!(to = %node.name, %status, "leadership transfer refused"),
+    }
+}

@@ -1,0 +1,151 @@
+//! The Kv service: the cluster key/value space.
+
+use std::sync::Arc;
+
+use paddock_api::convert::{join_option, split_option};
+use paddock_api::pb::{self, kv_server};
+use paddock_model::query::MAX_LIST_LIMIT;
+use paddock_model::{ClientRequest, Command, Query, QueryResult, Rejection, Response as Applied};
+use tonic::{Request, Response, Status};
+
+use super::{caller, require_writer};
+use crate::proposer::Proposer;
+
+pub struct KvService {
+    pub proposer: Arc<Proposer>,
+}
+
+impl KvService {
+    async fn write(
+        &self,
+        id: Option<pb::RequestId>,
+        command: Command,
+    ) -> Result<Result<Applied, Rejection>, Status> {
+        let request = ClientRequest {
+            id: id.map(Into::into),
+            command,
+        };
+        Ok(self.proposer.write(request).await?)
+    }
+}
+
+/// Refusals that are the caller's fault become `InvalidArgument`; a CAS mismatch is an answer,
+/// not an error, and is handled by the caller.
+fn refused(rejection: Rejection) -> Status {
+    match rejection {
+        Rejection::StaleRequest { .. } => Status::failed_precondition(rejection.to_string()),
+        _ => Status::invalid_argument(rejection.to_string()),
+    }
+}
+
+fn unexpected(what: &Applied) -> Status {
+    Status::internal(format!("unexpected apply answer {what:?}"))
+}
+
+#[tonic::async_trait]
+impl kv_server::Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
+        caller(&request)?;
+        let pb::GetRequest { key, stale } = request.into_inner();
+        match self.proposer.read(Query::KvGet { key }, stale).await? {
+            QueryResult::Value(value) => {
+                let (found, value) = split_option(value);
+                Ok(Response::new(pb::GetResponse { found, value }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected read answer {other:?}"
+            ))),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        require_writer(&request)?;
+        let request = request.into_inner();
+        match self.write(request.request_id, request.command()).await? {
+            Ok(Applied::Put { previous }) => {
+                let (had_previous, previous) = split_option(previous);
+                Ok(Response::new(pb::PutResponse {
+                    had_previous,
+                    previous,
+                }))
+            }
+            Ok(other) => Err(unexpected(&other)),
+            Err(rejection) => Err(refused(rejection)),
+        }
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        require_writer(&request)?;
+        let request = request.into_inner();
+        match self.write(request.request_id, request.command()).await? {
+            Ok(Applied::Deleted { previous }) => Ok(Response::new(pb::DeleteResponse {
+                existed: previous.is_some(),
+            })),
+            Ok(other) => Err(unexpected(&other)),
+            Err(rejection) => Err(refused(rejection)),
+        }
+    }
+
+    async fn cas(
+        &self,
+        request: Request<pb::CasRequest>,
+    ) -> Result<Response<pb::CasResponse>, Status> {
+        require_writer(&request)?;
+        let request = request.into_inner();
+        match self.write(request.request_id, request.command()).await? {
+            Ok(Applied::Swapped) => Ok(Response::new(pb::CasResponse {
+                swapped: true,
+                current_found: false,
+                current: String::new(),
+            })),
+            Ok(other) => Err(unexpected(&other)),
+            Err(Rejection::CasMismatch { current }) => {
+                let (current_found, current) = split_option(current);
+                Ok(Response::new(pb::CasResponse {
+                    swapped: false,
+                    current_found,
+                    current,
+                }))
+            }
+            Err(rejection) => Err(refused(rejection)),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        caller(&request)?;
+        let request = request.into_inner();
+        let query = Query::KvList {
+            prefix: request.prefix,
+            start_after: join_option(!request.start_after.is_empty(), request.start_after),
+            limit: if request.limit == 0 {
+                MAX_LIST_LIMIT
+            } else {
+                request.limit
+            },
+        };
+        match self.proposer.read(query, request.stale).await? {
+            QueryResult::Entries { entries, more } => Ok(Response::new(pb::ListResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|(key, value)| pb::KeyValue { key, value })
+                    .collect(),
+                more,
+            })),
+            other => Err(Status::internal(format!(
+                "unexpected read answer {other:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The Raft service: openraft RPCs between nodes, leader forwarding, leadership transfer.
+
+use std::sync::Arc;
+
+use paddock_api::forward::ForwardRequest;
+use paddock_api::pb::{self, RaftMessage};
+use paddock_model::codec;
+use paddock_raft::Raft;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::require_node;
+use crate::proposer::Proposer;
+
+pub struct RaftService {
+    pub raft: Raft,
+    pub proposer: Arc<Proposer>,
+}
+
+fn decode<T: DeserializeOwned>(message: RaftMessage) -> Result<T, Status> {
+    codec::decode(&message.data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    codec::encode(value)
+        .map(|data| Response::new(RaftMessage { data }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        require_node(&request)?;
+        let rpc = decode(request.into_inner())?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        require_node(&request)?;
+        let rpc = decode(request.into_inner())?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        require_node(&request)?;
+        let rpc = decode(request.into_inner())?;
+        encode(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        require_node(&request)?;
+        let forwarded: ForwardRequest = decode(request.into_inner())?;
+        let reply = self.proposer.serve_as_leader(forwarded).await?;
+        encode(&reply)
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let who = require_node(&request)?;
+        // Only the current leader may hand over its leadership.
+        let leader_id = self.raft.metrics().borrow().current_leader;
+        if leader_id != Some(paddock_model::node_id_for_name(&who.name)) {
+            return Err(Status::failed_precondition(format!(
+                "{} is not the leader this node follows",
+                who.name
+            )));
+        }
+        tracing::info!(from = %who.name, "leader hands over leadership: starting an election");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
+    }
+}
