@@ -47,6 +47,8 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
         "applied_index": status.applied_index,
         "state_digest": status.state_digest,
         "storage": status.storage,
+        "snapshot_index": status.snapshot_index,
+        "purged_index": status.purged_index,
         "members": status.members.iter().map(|m| json!({
             "name": m.name,
             "address": m.address,

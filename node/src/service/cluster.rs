@@ -84,6 +84,8 @@ impl ClusterService {
             members,
             state_digest: format!("{digest:016x}"),
             storage: self.storage.to_string(),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
         }
     }
 
