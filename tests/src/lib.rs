@@ -96,6 +96,38 @@ pub async fn get_local(cluster: &LocalCluster, i: usize, key: &str) -> anyhow::R
     get(&mut client, key, true).await.context("stale read")
 }
 
+/// Every key and value under `prefix` in node `i`'s own replica, in one paged listing.
+pub async fn list_local(
+    cluster: &LocalCluster,
+    i: usize,
+    prefix: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut client = cluster.client_of(vec![cluster.nodes[i].address.clone()], Duration::from_secs(5))?;
+    let mut all = std::collections::BTreeMap::new();
+    let mut start_after = String::new();
+    loop {
+        let request = pb::ListRequest {
+            prefix: prefix.into(),
+            start_after: start_after.clone(),
+            limit: 0,
+            stale: true,
+        };
+        let reply = client
+            .call(|channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).list(request).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        if let Some(last) = reply.entries.last() {
+            start_after = last.key.clone();
+        }
+        all.extend(reply.entries.into_iter().map(|e| (e.key, e.value)));
+        if !reply.more {
+            return Ok(all);
+        }
+    }
+}
+
 /// Waits until node `i` has applied at least `index`.
 pub async fn wait_applied(cluster: &LocalCluster, i: usize, index: u64) -> anyhow::Result<()> {
     let started = std::time::Instant::now();

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use paddock_tests::{cluster, fast_timings, get, get_local, put, serial, wait_applied, LocalClusterSpec, WAIT};
+use paddock_tests::{
+    cluster, fast_timings, get, get_local, list_local, put, serial, wait_applied, LocalClusterSpec, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_every_node_loses_no_acknowledged_write() -> anyhow::Result<()> {
@@ -73,8 +75,9 @@ async fn kill_loop(storage: &str) -> anyhow::Result<()> {
         cluster.wait_for_leader(WAIT).await?;
         let acked = acknowledged.lock().map(|a| a.clone()).unwrap_or_default();
         assert!(!acked.is_empty(), "round {round}: no write was acknowledged");
+        let stored = list_local(&cluster, 0, "").await?;
         for (key, value) in &acked {
-            assert_eq!(get_local(&cluster, 0, key).await?.as_ref(), Some(value), "{storage}: lost {key}");
+            assert_eq!(stored.get(key), Some(value), "{storage}: lost acknowledged write {key}");
         }
         eprintln!("{storage} round {round}: {} acknowledged writes all present", acked.len());
         cluster.kill(0);
