@@ -46,13 +46,13 @@ pub struct Flags {
     /// Storage engine of the Raft log: redb (default) or sled.
     #[arg(long, env = "PADDOCK_STORAGE")]
     pub storage: Option<String>,
-    /// Leader heartbeat interval in milliseconds [default: 100].
+    /// Leader heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "PADDOCK_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Smallest election timeout in milliseconds [default: 300].
+    /// Smallest election timeout in milliseconds [default: 200].
     #[arg(long, env = "PADDOCK_ELECTION_MIN_MS")]
     pub election_min_ms: Option<u64>,
-    /// Largest election timeout in milliseconds [default: 600].
+    /// Largest election timeout in milliseconds [default: 400].
     #[arg(long, env = "PADDOCK_ELECTION_MAX_MS")]
     pub election_max_ms: Option<u64>,
     /// Build a snapshot after this many log entries since the last one [default: 10000].
@@ -221,20 +221,20 @@ impl NodeConfig {
             .map(|s| s.parse::<StorageKind>().map_err(invalid))
             .transpose()?
             .unwrap_or(StorageKind::Redb);
-        let heartbeat = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(100);
+        let heartbeat = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50);
         let election_min = flags
             .election_min_ms
             .or(file.election_min_ms)
-            .unwrap_or(300);
+            .unwrap_or(200);
         let election_max = flags
             .election_max_ms
             .or(file.election_max_ms)
-            .unwrap_or(600);
+            .unwrap_or(400);
         if heartbeat == 0 || election_min <= heartbeat * 2 || election_max <= election_min {
             return Err(invalid(format!(
                 "unsafe Raft timings: heartbeat {heartbeat} ms, election timeout {election_min}-{election_max} ms; \
                  the election timeout must exceed twice the heartbeat and its maximum must exceed its minimum \
-                 (defaults: 100 ms, 300-600 ms)"
+                 (defaults: 50 ms, 200-400 ms)"
             )));
         }
         let snapshot_every = flags

@@ -155,7 +155,7 @@ pub async fn run(
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(kv_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
     );
@@ -215,6 +215,20 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), grpc).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic applies its own `tcp_nodelay` only
+/// to listeners it binds itself, and Nagle plus delayed ACKs add ~40 ms to small RPCs.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    })
 }
 
 async fn wait_for(shutdown: &watch::Receiver<bool>) {

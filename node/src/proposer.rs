@@ -31,7 +31,7 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
 /// Most client requests in one log entry.
 const MAX_BATCH: usize = 512;
 /// Most log entries proposed and not yet committed at once by this leader.
-const MAX_IN_FLIGHT: usize = 8;
+const MAX_IN_FLIGHT: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {

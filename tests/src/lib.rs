@@ -56,10 +56,17 @@ pub fn cluster(spec: LocalClusterSpec) -> anyhow::Result<(tempfile::TempDir, Loc
 
 /// Short Raft timings keep the tests quick; the defaults are tuned for production.
 pub fn fast_timings() -> Vec<String> {
-    ["--heartbeat-ms", "50", "--election-min-ms", "300", "--election-max-ms", "600"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "--heartbeat-ms",
+        "50",
+        "--election-min-ms",
+        "300",
+        "--election-max-ms",
+        "600",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -79,20 +86,39 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), Clie
         .map(|_| ())
 }
 
-pub async fn get(client: &mut Client, key: &str, stale: bool) -> Result<Option<String>, ClientError> {
-    let request = pb::GetRequest { key: key.into(), stale };
+pub async fn get(
+    client: &mut Client,
+    key: &str,
+    stale: bool,
+) -> Result<Option<String>, ClientError> {
+    let request = pb::GetRequest {
+        key: key.into(),
+        stale,
+    };
     let reply = client
         .call(|channel| {
             let request = request.clone();
-            async move { KvClient::new(channel).get(request).await.map(|r| r.into_inner()) }
+            async move {
+                KvClient::new(channel)
+                    .get(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await?;
     Ok(reply.found.then_some(reply.value))
 }
 
 /// Reads `key` from node `i`'s own replica (no forwarding, no read-index).
-pub async fn get_local(cluster: &LocalCluster, i: usize, key: &str) -> anyhow::Result<Option<String>> {
-    let mut client = cluster.client_of(vec![cluster.nodes[i].address.clone()], Duration::from_secs(5))?;
+pub async fn get_local(
+    cluster: &LocalCluster,
+    i: usize,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let mut client = cluster.client_of(
+        vec![cluster.nodes[i].address.clone()],
+        Duration::from_secs(5),
+    )?;
     get(&mut client, key, true).await.context("stale read")
 }
 
@@ -102,7 +128,10 @@ pub async fn list_local(
     i: usize,
     prefix: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut client = cluster.client_of(vec![cluster.nodes[i].address.clone()], Duration::from_secs(5))?;
+    let mut client = cluster.client_of(
+        vec![cluster.nodes[i].address.clone()],
+        Duration::from_secs(5),
+    )?;
     let mut all = std::collections::BTreeMap::new();
     let mut start_after = String::new();
     loop {
@@ -115,7 +144,12 @@ pub async fn list_local(
         let reply = client
             .call(|channel| {
                 let request = request.clone();
-                async move { KvClient::new(channel).list(request).await.map(|r| r.into_inner()) }
+                async move {
+                    KvClient::new(channel)
+                        .list(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
             })
             .await?;
         if let Some(last) = reply.entries.last() {
@@ -137,7 +171,10 @@ pub async fn wait_applied(cluster: &LocalCluster, i: usize, index: u64) -> anyho
                 return Ok(());
             }
         }
-        anyhow::ensure!(started.elapsed() < WAIT, "node {i} did not apply index {index} in time");
+        anyhow::ensure!(
+            started.elapsed() < WAIT,
+            "node {i} did not apply index {index} in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

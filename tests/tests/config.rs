@@ -20,12 +20,38 @@ fn paddockd(args: &[&str]) -> (i32, String) {
 fn bad_flags_are_refused_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
         (&["--data-dir", "/tmp/x"], "--name is required"),
-        (&["--name", "n1", "--data-dir", "/tmp/x", "--certs-dir", "/tmp/c", "--listen", "oops"], "not an IP:port"),
         (
-            &["--name", "n1", "--data-dir", "/tmp/x", "--certs-dir", "/tmp/c", "--listen", "127.0.0.1:1", "--peers", "n2=127.0.0.1:2"],
+            &[
+                "--name",
+                "n1",
+                "--data-dir",
+                "/tmp/x",
+                "--certs-dir",
+                "/tmp/c",
+                "--listen",
+                "oops",
+            ],
+            "not an IP:port",
+        ),
+        (
+            &[
+                "--name",
+                "n1",
+                "--data-dir",
+                "/tmp/x",
+                "--certs-dir",
+                "/tmp/c",
+                "--listen",
+                "127.0.0.1:1",
+                "--peers",
+                "n2=127.0.0.1:2",
+            ],
             "does not list this node",
         ),
-        (&["--config", "/nonexistent/paddock.toml"], "cannot read config file"),
+        (
+            &["--config", "/nonexistent/paddock.toml"],
+            "cannot read config file",
+        ),
     ];
     for (args, expected) in cases {
         let (code, stderr) = paddockd(args);
@@ -52,7 +78,14 @@ async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<
     let data_dir = node.data_dir.to_str().unwrap_or_default().to_string();
     let certs = cluster.certs.dir.to_str().unwrap_or_default().to_string();
     cluster.certs.issue_node("other", &["127.0.0.1".into()])?;
-    let base = ["--data-dir", &data_dir, "--certs-dir", &certs, "--listen", &node.address];
+    let base = [
+        "--data-dir",
+        &data_dir,
+        "--certs-dir",
+        &certs,
+        "--listen",
+        &node.address,
+    ];
 
     let mut args = base.to_vec();
     args.extend(["--name", "other", "--peers"]);
@@ -72,7 +105,16 @@ async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<
     // A fresh data dir without --peers or --join has nothing to start from.
     let empty = tempfile::tempdir()?;
     let empty_dir = empty.path().to_str().unwrap_or_default().to_string();
-    let (code, stderr) = paddockd(&["--name", "n1", "--data-dir", &empty_dir, "--certs-dir", &certs, "--listen", "127.0.0.1:0"]);
+    let (code, stderr) = paddockd(&[
+        "--name",
+        "n1",
+        "--data-dir",
+        &empty_dir,
+        "--certs-dir",
+        &certs,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("holds no cluster yet"), "{stderr}");
     Ok(())

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paddock_tests::{
-    cluster, fast_timings, get, get_local, list_local, put, serial, wait_applied, LocalClusterSpec, WAIT,
+    cluster, fast_timings, get, get_local, list_local, put, serial, wait_applied, LocalClusterSpec,
+    WAIT,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -28,7 +29,11 @@ async fn kill_9_of_every_node_loses_no_acknowledged_write() -> anyhow::Result<()
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
     for i in 0..200 {
-        assert_eq!(get(&mut client, &format!("k/{i}"), false).await?, Some(i.to_string()), "k/{i}");
+        assert_eq!(
+            get(&mut client, &format!("k/{i}"), false).await?,
+            Some(i.to_string()),
+            "k/{i}"
+        );
     }
     cluster.stop_all();
     Ok(())
@@ -74,12 +79,22 @@ async fn kill_loop(storage: &str) -> anyhow::Result<()> {
         cluster.start(0)?;
         cluster.wait_for_leader(WAIT).await?;
         let acked = acknowledged.lock().map(|a| a.clone()).unwrap_or_default();
-        assert!(!acked.is_empty(), "round {round}: no write was acknowledged");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: no write was acknowledged"
+        );
         let stored = list_local(&cluster, 0, "").await?;
         for (key, value) in &acked {
-            assert_eq!(stored.get(key), Some(value), "{storage}: lost acknowledged write {key}");
+            assert_eq!(
+                stored.get(key),
+                Some(value),
+                "{storage}: lost acknowledged write {key}"
+            );
         }
-        eprintln!("{storage} round {round}: {} acknowledged writes all present", acked.len());
+        eprintln!(
+            "{storage} round {round}: {} acknowledged writes all present",
+            acked.len()
+        );
         cluster.kill(0);
     }
     Ok(())
@@ -110,7 +125,16 @@ async fn a_node_that_missed_many_writes_catches_up_by_snapshot() -> anyhow::Resu
     let lagging = (leader + 1) % 3;
     let stopped_at = cluster.status_of(lagging).await?.applied_index;
     cluster.kill(lagging);
-    let mut client = cluster.client_of(cluster.nodes.iter().enumerate().filter(|(i, _)| *i != lagging).map(|(_, n)| n.address.clone()).collect(), WAIT)?;
+    let mut client = cluster.client_of(
+        cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != lagging)
+            .map(|(_, n)| n.address.clone())
+            .collect(),
+        WAIT,
+    )?;
     for i in 0..300 {
         put(&mut client, &format!("s/{i}"), &i.to_string()).await?;
     }
@@ -123,10 +147,19 @@ async fn a_node_that_missed_many_writes_catches_up_by_snapshot() -> anyhow::Resu
     );
     cluster.start(lagging)?;
     wait_applied(&cluster, lagging, leader_status.applied_index).await?;
-    assert_eq!(get_local(&cluster, lagging, "s/0").await?.as_deref(), Some("0"));
-    assert_eq!(get_local(&cluster, lagging, "s/299").await?.as_deref(), Some("299"));
+    assert_eq!(
+        get_local(&cluster, lagging, "s/0").await?.as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        get_local(&cluster, lagging, "s/299").await?.as_deref(),
+        Some("299")
+    );
     let status = cluster.status_of(lagging).await?;
-    assert!(status.snapshot_index > stopped_at, "the lagging node must hold a snapshot");
+    assert!(
+        status.snapshot_index > stopped_at,
+        "the lagging node must hold a snapshot"
+    );
     cluster.stop_all();
     Ok(())
 }

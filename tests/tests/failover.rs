@@ -29,7 +29,12 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() -> anyhow::Re
         let new_leader = cluster.wait_for_leader(WAIT).await?;
         assert_ne!(new_leader, leader);
         assert!(cluster.status_of(new_leader).await?.term > old_term);
-        assert_eq!(get(&mut client, &format!("before/{round}"), false).await?.as_deref(), Some("1"));
+        assert_eq!(
+            get(&mut client, &format!("before/{round}"), false)
+                .await?
+                .as_deref(),
+            Some("1")
+        );
         cluster.start(leader)?;
     }
     cluster.stop_all();
@@ -51,7 +56,10 @@ async fn sigterm_on_the_leader_hands_over_leadership_and_exits() -> anyhow::Resu
     assert_ne!(new_leader, leader);
     eprintln!("leader stopped and replaced in {:?}", started.elapsed());
     let log = std::fs::read_to_string(&cluster.nodes[leader].log_path)?;
-    assert!(log.contains("leadership transfer"), "the leader must try to hand over:\n{log}");
+    assert!(
+        log.contains("leadership transfer"),
+        "the leader must try to hand over:\n{log}"
+    );
     put(&mut client, "k2", "v2").await?;
     cluster.stop_all();
     Ok(())

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use paddock_tests::{cluster, fast_timings, get, put, serial, wait_applied, LocalClusterSpec, WAIT};
+use paddock_tests::{
+    cluster, fast_timings, get, put, serial, wait_applied, LocalClusterSpec, WAIT,
+};
 
 fn spec() -> LocalClusterSpec {
     LocalClusterSpec {
@@ -27,7 +29,10 @@ async fn nodes_started_in_any_order_form_one_cluster() -> anyhow::Result<()> {
         assert!(status.members.iter().all(|m| m.role == "voter"));
         let mut client = cluster.client(WAIT)?;
         put(&mut client, "formed", "yes").await?;
-        assert_eq!(get(&mut client, "formed", false).await?.as_deref(), Some("yes"));
+        assert_eq!(
+            get(&mut client, "formed", false).await?.as_deref(),
+            Some("yes")
+        );
         cluster.stop_all();
     }
     Ok(())
@@ -41,7 +46,10 @@ async fn a_node_started_much_later_joins_and_catches_up() -> anyhow::Result<()> 
     cluster.start(1)?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client_of(
-        vec![cluster.nodes[0].address.clone(), cluster.nodes[1].address.clone()],
+        vec![
+            cluster.nodes[0].address.clone(),
+            cluster.nodes[1].address.clone(),
+        ],
         WAIT,
     )?;
     for i in 0..50 {
@@ -52,7 +60,12 @@ async fn a_node_started_much_later_joins_and_catches_up() -> anyhow::Result<()> 
     cluster.start(2)?;
     let target = cluster.status_of(leader).await?.applied_index;
     wait_applied(&cluster, 2, target).await?;
-    assert_eq!(paddock_tests::get_local(&cluster, 2, "early/49").await?.as_deref(), Some("v"));
+    assert_eq!(
+        paddock_tests::get_local(&cluster, 2, "early/49")
+            .await?
+            .as_deref(),
+        Some("v")
+    );
     let status = cluster.status_of(2).await?;
     assert_eq!(status.members.len(), 3);
     assert!(!status.leader.is_empty());

@@ -40,13 +40,29 @@ async fn joined_nodes_become_voters_up_to_five_then_stay_learners() -> anyhow::R
         if voters == 5 {
             break status;
         }
-        anyhow::ensure!(Instant::now() < deadline, "expected 5 voters, have {voters}: {:?}", status.members);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "expected 5 voters, have {voters}: {:?}",
+            status.members
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let learners: Vec<_> = status.members.iter().filter(|m| m.role == "learner").map(|m| m.name.clone()).collect();
-    assert_eq!(learners, vec!["n6".to_string()], "the sixth node must stay a learner");
-    assert_eq!(get_local(&cluster, 5, "before-join").await?.as_deref(), Some("1"));
+    let learners: Vec<_> = status
+        .members
+        .iter()
+        .filter(|m| m.role == "learner")
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(
+        learners,
+        vec!["n6".to_string()],
+        "the sixth node must stay a learner"
+    );
+    assert_eq!(
+        get_local(&cluster, 5, "before-join").await?.as_deref(),
+        Some("1")
+    );
 
     // Removing a voter makes room: the learner is promoted.
     let mut admin = cluster.client(WAIT)?;
@@ -57,18 +73,29 @@ async fn joined_nodes_become_voters_up_to_five_then_stay_learners() -> anyhow::R
                 .await
         })
         .await?;
-    let n4 = cluster.nodes.iter().position(|n| n.name == "n4").unwrap_or(3);
+    let n4 = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == "n4")
+        .unwrap_or(3);
     cluster.terminate(n4, Duration::from_secs(5));
     let deadline = Instant::now() + WAIT;
     loop {
         let leader = cluster.wait_for_leader(WAIT).await?;
         let status = cluster.status_of(leader).await?;
-        let n6_voter = status.members.iter().any(|m| m.name == "n6" && m.role == "voter");
+        let n6_voter = status
+            .members
+            .iter()
+            .any(|m| m.name == "n6" && m.role == "voter");
         let n4_gone = status.members.iter().all(|m| m.name != "n4");
         if n6_voter && n4_gone {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "n6 not promoted after removing n4: {:?}", status.members);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "n6 not promoted after removing n4: {:?}",
+            status.members
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     cluster.stop_all();

@@ -20,12 +20,18 @@ async fn writes_and_reads_through_a_follower_reach_the_leader() -> anyhow::Resul
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let follower = (leader + 1) % 3;
-    let mut via_follower = cluster.client_of(vec![cluster.nodes[follower].address.clone()], WAIT)?;
+    let mut via_follower =
+        cluster.client_of(vec![cluster.nodes[follower].address.clone()], WAIT)?;
     put(&mut via_follower, "through-follower", "ok").await?;
     // A linearizable read on the other follower sees it at once.
     let other = (leader + 2) % 3;
     let mut via_other = cluster.client_of(vec![cluster.nodes[other].address.clone()], WAIT)?;
-    assert_eq!(get(&mut via_other, "through-follower", false).await?.as_deref(), Some("ok"));
+    assert_eq!(
+        get(&mut via_other, "through-follower", false)
+            .await?
+            .as_deref(),
+        Some("ok")
+    );
     let status = cluster.status_of(follower).await?;
     assert_eq!(status.leader, cluster.nodes[leader].name);
     cluster.stop_all();
@@ -53,7 +59,12 @@ async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
             client
                 .call(|channel| {
                     let request = request.clone();
-                    async move { KvClient::new(channel).cas(request).await.map(|r| r.into_inner()) }
+                    async move {
+                        KvClient::new(channel)
+                            .cas(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await
         }
@@ -66,7 +77,10 @@ async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
     put(&mut someone_else, "once", "second").await?;
     let retry = send(cas(id.into())).await?;
     assert!(retry.swapped, "the retry must get the first answer");
-    assert_eq!(get(&mut client, "once", false).await?.as_deref(), Some("second"));
+    assert_eq!(
+        get(&mut client, "once", false).await?.as_deref(),
+        Some("second")
+    );
     // A new request with the same content is a new write and fails the CAS.
     let fresh = send(cas(someone_else.next_request_id().into())).await?;
     assert!(!fresh.swapped);
@@ -84,14 +98,22 @@ async fn stale_reads_serve_the_local_replica_without_a_leader() -> anyhow::Resul
     let mut client = cluster.client(WAIT)?;
     put(&mut client, "k", "v").await?;
     let survivor = (leader + 1) % 3;
-    paddock_tests::wait_applied(&cluster, survivor, cluster.status_of(leader).await?.applied_index).await?;
+    paddock_tests::wait_applied(
+        &cluster,
+        survivor,
+        cluster.status_of(leader).await?.applied_index,
+    )
+    .await?;
     for i in 0..3 {
         if i != survivor {
             cluster.kill(i);
         }
     }
     // No majority: a linearizable read must fail, a stale read answers from the replica.
-    let mut alone = cluster.client_of(vec![cluster.nodes[survivor].address.clone()], std::time::Duration::from_secs(3))?;
+    let mut alone = cluster.client_of(
+        vec![cluster.nodes[survivor].address.clone()],
+        std::time::Duration::from_secs(3),
+    )?;
     assert!(get(&mut alone, "k", false).await.is_err());
     assert_eq!(get(&mut alone, "k", true).await?.as_deref(), Some("v"));
     cluster.stop_all();

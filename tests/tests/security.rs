@@ -27,12 +27,23 @@ async fn only_certificates_of_the_cluster_ca_and_role_get_in() -> anyhow::Result
     // It trusts our CA (so the server is accepted) but presents a foreign client certificate.
     std::fs::copy(cluster.certs.ca_cert(), foreign.dir.join("ca.crt.ours"))?;
     std::fs::rename(foreign.dir.join("ca.crt.ours"), foreign.ca_cert())?;
-    let mut stranger = Client::new(&endpoints, foreign.client_tls("admin", CLIENT_HINT)?, Duration::from_secs(3))?;
-    assert!(put(&mut stranger, "k", "v").await.is_err(), "a foreign certificate must be refused");
+    let mut stranger = Client::new(
+        &endpoints,
+        foreign.client_tls("admin", CLIENT_HINT)?,
+        Duration::from_secs(3),
+    )?;
+    assert!(
+        put(&mut stranger, "k", "v").await.is_err(),
+        "a foreign certificate must be refused"
+    );
 
     // A viewer may read but not write.
     cluster.certs.issue_client("vera", Role::Viewer)?;
-    let mut viewer = Client::new(&endpoints, cluster.certs.client_tls("vera", CLIENT_HINT)?, WAIT)?;
+    let mut viewer = Client::new(
+        &endpoints,
+        cluster.certs.client_tls("vera", CLIENT_HINT)?,
+        WAIT,
+    )?;
     let refused = put(&mut viewer, "k", "v").await.expect_err("viewer write");
     assert_eq!(refused.code(), Some(Code::PermissionDenied), "{refused}");
     assert_eq!(get(&mut viewer, "k", false).await?, None);
@@ -47,7 +58,11 @@ async fn only_certificates_of_the_cluster_ca_and_role_get_in() -> anyhow::Result
         })
         .await
         .expect_err("raft with a client certificate");
-    assert_eq!(raft_refused.code(), Some(Code::PermissionDenied), "{raft_refused}");
+    assert_eq!(
+        raft_refused.code(),
+        Some(Code::PermissionDenied),
+        "{raft_refused}"
+    );
     cluster.stop_all();
     Ok(())
 }
