@@ -1,5 +1,8 @@
 //! openraft's storage conformance suite, run against both engines with the real state machine.
 
+// The suite returns openraft's large `StorageError` as is.
+#![allow(clippy::result_large_err)]
+
 use openraft::testing::{StoreBuilder, Suite};
 use paddock_raft::{open_store, LogStore, StateMachine, StorageError, StorageKind, TypeConfig};
 use tempfile::TempDir;

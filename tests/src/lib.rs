@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,10 +40,11 @@ pub fn binaries() -> PathBuf {
     .clone()
 }
 
-/// Serializes cluster tests within one test binary.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Serializes cluster tests within one test binary (an async lock: it is held across the
+/// whole test, and a failed test must not poison it for the others).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// A prepared (not started) cluster in a fresh temporary directory.

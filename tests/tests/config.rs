@@ -65,7 +65,7 @@ fn bad_flags_are_refused_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(LocalClusterSpec {
         nodes: 1,
         base_port: None,

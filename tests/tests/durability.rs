@@ -11,7 +11,7 @@ use paddock_tests::{
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_every_node_loses_no_acknowledged_write() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(LocalClusterSpec {
         nodes: 3,
         base_port: None,
@@ -42,7 +42,7 @@ async fn kill_9_of_every_node_loses_no_acknowledged_write() -> anyhow::Result<()
 /// Kills a single-node cluster (every acknowledgement depends on this one store) while
 /// writers are busy, restarts it, and checks that every acknowledged write survived.
 async fn kill_loop(storage: &str) -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut extra = fast_timings();
     extra.extend(["--storage".to_string(), storage.to_string()]);
     let (_dir, mut cluster) = cluster(LocalClusterSpec {
@@ -112,7 +112,7 @@ async fn sled_store_survives_kill_9_during_writes() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_missed_many_writes_catches_up_by_snapshot() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut extra = fast_timings();
     extra.extend(["--snapshot-every", "50", "--keep-logs", "10"].map(String::from));
     let (_dir, mut cluster) = cluster(LocalClusterSpec {

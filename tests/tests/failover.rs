@@ -14,7 +14,7 @@ fn spec() -> LocalClusterSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_elects_a_new_one_and_writes_continue() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start_all()?;
     let mut client = cluster.client(WAIT)?;
@@ -43,7 +43,7 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_on_the_leader_hands_over_leadership_and_exits() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;

@@ -16,7 +16,7 @@ fn spec() -> LocalClusterSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_started_in_any_order_form_one_cluster() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
         let (_dir, mut cluster) = cluster(spec())?;
         for i in order {
@@ -40,7 +40,7 @@ async fn nodes_started_in_any_order_form_one_cluster() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_started_much_later_joins_and_catches_up() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start(0)?;
     cluster.start(1)?;

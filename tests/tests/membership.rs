@@ -6,7 +6,7 @@ use paddock_tests::{cluster, fast_timings, get_local, put, serial, LocalClusterS
 
 #[tokio::test(flavor = "multi_thread")]
 async fn joined_nodes_become_voters_up_to_five_then_stay_learners() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(LocalClusterSpec {
         nodes: 3,
         base_port: None,

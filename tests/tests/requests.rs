@@ -15,7 +15,7 @@ fn spec() -> LocalClusterSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_and_reads_through_a_follower_reach_the_leader() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
@@ -40,7 +40,7 @@ async fn writes_and_reads_through_a_follower_reach_the_leader() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
@@ -91,7 +91,7 @@ async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_reads_serve_the_local_replica_without_a_leader() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec())?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;

@@ -10,7 +10,7 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_certificates_of_the_cluster_ca_and_role_get_in() -> anyhow::Result<()> {
-    let _serial = serial();
+    let _serial = serial().await;
     let (dir, mut cluster) = cluster(LocalClusterSpec {
         nodes: 3,
         base_port: None,

@@ -15,7 +15,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// redb's page cache. The log is read back mostly right after it was written (replication), so
 /// a small cache is enough and keeps node memory low.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct RedbBackend {
     db: Database,

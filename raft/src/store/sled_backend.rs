@@ -9,7 +9,7 @@ use std::path::Path;
 use super::Backend;
 
 /// sled's page cache; its default (1 GiB) would dominate node memory.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 pub struct SledBackend {
     db: sled::Db,
