@@ -109,10 +109,13 @@ impl Client {
 
     /// Runs `call` against the endpoints until one answers or the deadline passes. `call` gets
     /// a channel and must be safe to repeat (reads, or writes carrying a request id).
+    ///
+    /// A follower that served a request names the leader in the `paddock-leader` response
+    /// header; later calls go straight to the leader, saving the forwarding hop.
     pub async fn call<T, F, Fut>(&mut self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(20);
@@ -121,7 +124,14 @@ impl Client {
             let channel = self.channels[self.current].clone();
             let remaining = self.deadline.saturating_sub(started.elapsed());
             let last = match tokio::time::timeout(remaining, call(channel)).await {
-                Ok(Ok(value)) => return Ok(value),
+                Ok(Ok(response)) => {
+                    if let Some(leader) = response.metadata().get(LEADER_HEADER) {
+                        if let Ok(leader) = leader.to_str() {
+                            self.prefer(leader);
+                        }
+                    }
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) if !is_retryable(&status) => {
                     return Err(ClientError::Refused {
                         code: status.code(),
@@ -147,6 +157,19 @@ impl Client {
                     .await;
                 backoff = (backoff * 2).min(Duration::from_millis(500));
             }
+        }
+    }
+}
+
+/// Response header in which a follower names the leader's address.
+pub const LEADER_HEADER: &str = "paddock-leader";
+
+impl Client {
+    /// Makes `address` the endpoint tried first, if it is one of ours (a client only talks to
+    /// the endpoints it was given).
+    fn prefer(&mut self, address: &str) {
+        if let Some(i) = self.endpoints.iter().position(|e| e == address) {
+            self.current = i;
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum BenchCommand {
         storage: String,
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Which nodes the clients talk to: `any` (all endpoints, starting at a random one, so
+        /// most writes are forwarded by a follower) or `leader` (a leader-aware client).
+        #[arg(long, default_value = "any", value_parser = ["any", "leader"])]
+        target: String,
     },
     /// kill -9 the leader under load; time until the first successful write. Repeated.
     Failover {
@@ -57,7 +61,8 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             value_size,
             storage,
             nodes,
-        } => writes(&clients, duration, value_size, &storage, nodes).await,
+            target,
+        } => writes(&clients, duration, value_size, &storage, nodes, &target).await,
         BenchCommand::Failover { runs, storage } => failover(runs, &storage).await,
         BenchCommand::State {
             keys,
@@ -118,6 +123,7 @@ async fn writes(
     value_size: usize,
     storage: &str,
     nodes: usize,
+    target: &str,
 ) -> Result<(), Failure> {
     let (_dir, mut cluster) = start_cluster(nodes, storage).await?;
     let value = "v".repeat(value_size);
@@ -129,9 +135,13 @@ async fn writes(
         let end = warmup_end + duration;
         let mut tasks = Vec::new();
         for task in 0..clients {
-            // Every client talks to all nodes, starting at a random one: most writes are
-            // forwarded by a follower, as for real clients that do not track the leader.
-            let mut client = cluster.client(Duration::from_secs(10))?;
+            let mut client = match target {
+                "leader" => cluster.client_of(
+                    vec![cluster.nodes[leader].address.clone()],
+                    Duration::from_secs(10),
+                )?,
+                _ => cluster.client(Duration::from_secs(10))?,
+            };
             let value = value.clone();
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -169,7 +179,7 @@ async fn writes(
         let term_after = cluster.status_of(leader).await?.term;
         let rate = latencies.len() as f64 / duration.as_secs_f64();
         let result = json!({
-            "bench": "writes", "storage": storage, "nodes": nodes, "clients": clients,
+            "bench": "writes", "storage": storage, "nodes": nodes, "clients": clients, "target": target,
             "value_bytes": value_size, "seconds": duration.as_secs_f64(),
             "writes": latencies.len(), "errors": errors,
             "writes_per_sec": rate.round(),

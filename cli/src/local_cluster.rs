@@ -280,7 +280,6 @@ impl LocalCluster {
                 ClusterClient::new(channel)
                     .status(StatusRequest { local: true })
                     .await
-                    .map(|r| r.into_inner())
             })
             .await?;
         Ok(status)

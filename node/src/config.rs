@@ -383,7 +383,14 @@ mod tests {
                 "not NAME=HOST:PORT",
             ),
             (
-                &["--listen", "127.0.0.1:7001", "--peers", "n1=127.0.0.1:9"],
+                &[
+                    "--listen",
+                    "127.0.0.1:7001",
+                    "--advertise",
+                    "127.0.0.1:7001",
+                    "--peers",
+                    "n1=127.0.0.1:9",
+                ],
                 "make them agree",
             ),
             (

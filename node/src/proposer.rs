@@ -102,6 +102,13 @@ impl Proposer {
         Some((leader, node.address.clone()))
     }
 
+    /// The leader's address when another node leads.
+    pub fn leader_elsewhere(&self) -> Option<String> {
+        self.leader()
+            .filter(|(id, _)| *id != self.node_id)
+            .map(|(_, address)| address)
+    }
+
     /// A channel to the node at `address`.
     pub fn channel(&self, address: &str) -> Result<Channel, ProposeError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());

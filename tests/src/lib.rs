@@ -99,12 +99,7 @@ pub async fn get(
     let reply = client
         .call(|channel| {
             let request = request.clone();
-            async move {
-                KvClient::new(channel)
-                    .get(request)
-                    .await
-                    .map(|r| r.into_inner())
-            }
+            async move { KvClient::new(channel).get(request).await }
         })
         .await?;
     Ok(reply.found.then_some(reply.value))
@@ -145,12 +140,7 @@ pub async fn list_local(
         let reply = client
             .call(|channel| {
                 let request = request.clone();
-                async move {
-                    KvClient::new(channel)
-                        .list(request)
-                        .await
-                        .map(|r| r.into_inner())
-                }
+                async move { KvClient::new(channel).list(request).await }
             })
             .await?;
         if let Some(last) = reply.entries.last() {

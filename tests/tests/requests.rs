@@ -59,12 +59,7 @@ async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
             client
                 .call(|channel| {
                     let request = request.clone();
-                    async move {
-                        KvClient::new(channel)
-                            .cas(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { KvClient::new(channel).cas(request).await }
                 })
                 .await
         }

@@ -23,7 +23,6 @@ pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure
                     ClusterClient::new(channel)
                         .status(StatusRequest { local: false })
                         .await
-                        .map(|r| r.into_inner())
                 })
                 .await
                 .map_err(client_failure)?;

@@ -59,12 +59,7 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
             let reply = client
                 .call(|channel| {
                     let request = request.clone();
-                    async move {
-                        KvClient::new(channel)
-                            .put(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { KvClient::new(channel).put(request).await }
                 })
                 .await
                 .map_err(client_failure)?;
@@ -84,12 +79,7 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
             let reply = client
                 .call(|channel| {
                     let request = request.clone();
-                    async move {
-                        KvClient::new(channel)
-                            .get(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { KvClient::new(channel).get(request).await }
                 })
                 .await
                 .map_err(client_failure)?;
@@ -124,12 +114,7 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
             let reply = client
                 .call(|channel| {
                     let request = request.clone();
-                    async move {
-                        KvClient::new(channel)
-                            .cas(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { KvClient::new(channel).cas(request).await }
                 })
                 .await
                 .map_err(client_failure)?;
@@ -158,12 +143,7 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
             let reply = client
                 .call(|channel| {
                     let request = request.clone();
-                    async move {
-                        KvClient::new(channel)
-                            .delete(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
+                    async move { KvClient::new(channel).delete(request).await }
                 })
                 .await
                 .map_err(client_failure)?;
@@ -193,12 +173,7 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
                 let reply = client
                     .call(|channel| {
                         let request = request.clone();
-                        async move {
-                            KvClient::new(channel)
-                                .list(request)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
+                        async move { KvClient::new(channel).list(request).await }
                     })
                     .await
                     .map_err(client_failure)?;

@@ -16,6 +16,19 @@ pub struct KvService {
 }
 
 impl KvService {
+    /// Wraps an answer; on a follower, names the leader so the client can go there directly.
+    fn reply<T>(&self, message: T) -> Response<T> {
+        let mut response = Response::new(message);
+        if let Some(address) = self.proposer.leader_elsewhere() {
+            if let Ok(value) = address.parse() {
+                response
+                    .metadata_mut()
+                    .insert(paddock_api::client::LEADER_HEADER, value);
+            }
+        }
+        response
+    }
+
     async fn write(
         &self,
         id: Option<pb::RequestId>,
@@ -53,7 +66,7 @@ impl kv_server::Kv for KvService {
         match self.proposer.read(Query::KvGet { key }, stale).await? {
             QueryResult::Value(value) => {
                 let (found, value) = split_option(value);
-                Ok(Response::new(pb::GetResponse { found, value }))
+                Ok(self.reply(pb::GetResponse { found, value }))
             }
             other => Err(Status::internal(format!(
                 "unexpected read answer {other:?}"
@@ -70,7 +83,7 @@ impl kv_server::Kv for KvService {
         match self.write(request.request_id, request.command()).await? {
             Ok(Applied::Put { previous }) => {
                 let (had_previous, previous) = split_option(previous);
-                Ok(Response::new(pb::PutResponse {
+                Ok(self.reply(pb::PutResponse {
                     had_previous,
                     previous,
                 }))
@@ -87,7 +100,7 @@ impl kv_server::Kv for KvService {
         require_writer(&request)?;
         let request = request.into_inner();
         match self.write(request.request_id, request.command()).await? {
-            Ok(Applied::Deleted { previous }) => Ok(Response::new(pb::DeleteResponse {
+            Ok(Applied::Deleted { previous }) => Ok(self.reply(pb::DeleteResponse {
                 existed: previous.is_some(),
             })),
             Ok(other) => Err(unexpected(&other)),
@@ -102,7 +115,7 @@ impl kv_server::Kv for KvService {
         require_writer(&request)?;
         let request = request.into_inner();
         match self.write(request.request_id, request.command()).await? {
-            Ok(Applied::Swapped) => Ok(Response::new(pb::CasResponse {
+            Ok(Applied::Swapped) => Ok(self.reply(pb::CasResponse {
                 swapped: true,
                 current_found: false,
                 current: String::new(),
@@ -110,7 +123,7 @@ impl kv_server::Kv for KvService {
             Ok(other) => Err(unexpected(&other)),
             Err(Rejection::CasMismatch { current }) => {
                 let (current_found, current) = split_option(current);
-                Ok(Response::new(pb::CasResponse {
+                Ok(self.reply(pb::CasResponse {
                     swapped: false,
                     current_found,
                     current,
@@ -136,7 +149,7 @@ impl kv_server::Kv for KvService {
             },
         };
         match self.proposer.read(query, request.stale).await? {
-            QueryResult::Entries { entries, more } => Ok(Response::new(pb::ListResponse {
+            QueryResult::Entries { entries, more } => Ok(self.reply(pb::ListResponse {
                 entries: entries
                     .into_iter()
                     .map(|(key, value)| pb::KeyValue { key, value })
