@@ -49,6 +49,9 @@ pub async fn run(
             let given = identity::cluster_id_for_peers(peers);
             identity::check_cluster(&config.data_dir, stored, &given, "--peers")?;
         }
+        if let Bootstrap::Join(member) = &config.bootstrap {
+            check_join_target(member, &client_tls, &config.data_dir, stored).await?;
+        }
         let _ = cluster_id.set(stored.cluster_id.clone());
     } else if config.bootstrap == Bootstrap::Existing {
         anyhow::bail!(
@@ -229,6 +232,38 @@ fn without_nagle(
         }
         stream
     })
+}
+
+/// A node that already belongs to a cluster and is started with `--join` must be pointed at a
+/// member of that same cluster; an unreachable member is not an error (the node is a member
+/// already and needs nobody to start).
+async fn check_join_target(
+    member: &str,
+    tls: &tonic::transport::ClientTlsConfig,
+    data_dir: &std::path::Path,
+    stored: &Identity,
+) -> anyhow::Result<()> {
+    let Ok(channel) = paddock_raft::network::channel_to(member, tls) else {
+        return Ok(());
+    };
+    let mut request = tonic::Request::new(pb::StatusRequest { local: true });
+    request.set_timeout(Duration::from_secs(3));
+    match pb::cluster_client::ClusterClient::new(channel)
+        .status(request)
+        .await
+    {
+        Ok(status) => {
+            let theirs = status.into_inner().cluster_id;
+            if !theirs.is_empty() {
+                identity::check_cluster(data_dir, stored, &theirs, &format!("--join {member}"))?;
+            }
+            Ok(())
+        }
+        Err(status) => {
+            tracing::warn!(%member, %status, "cannot check the --join member's cluster; starting as an existing member");
+            Ok(())
+        }
+    }
 }
 
 async fn wait_for(shutdown: &watch::Receiver<bool>) {

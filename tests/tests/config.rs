@@ -16,6 +16,15 @@ fn paddockd(args: &[&str]) -> (i32, String) {
     )
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_flags_are_refused_with_a_clear_message() {
     let cases: &[(&[&str], &str)] = &[
@@ -101,6 +110,27 @@ async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<
     let (code, stderr) = paddockd(&args);
     assert_ne!(code, 0);
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
+
+    // --join pointing at a member of another cluster (same CA) is refused too.
+    let other_dir = tempfile::tempdir()?;
+    copy_dir(&cluster.certs.dir, &other_dir.path().join("certs"))?;
+    let mut other = paddock_tests::LocalCluster::prepare(
+        other_dir.path(),
+        &LocalClusterSpec {
+            nodes: 1,
+            base_port: None,
+            extra_args: fast_timings(),
+        },
+        binaries().join("paddockd"),
+    )?;
+    other.start(0)?;
+    other.wait_for_leader(WAIT).await?;
+    let mut args = base.to_vec();
+    args.extend(["--name", "n1", "--join", &other.nodes[0].address]);
+    let (code, stderr) = paddockd(&args);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+    other.stop_all();
 
     // A fresh data dir without --peers or --join has nothing to start from.
     let empty = tempfile::tempdir()?;
