@@ -1,11 +1,15 @@
 //! The chaos harness (DESIGN.md §10): clusters of real `paddockd` processes behind fault
 //! proxies, seeded fault schedules, workloads with Jepsen-style histories, and the checkers.
 //!
-//! Built so far: the history format ([`history`]) and the linearizability checker
-//! ([`check::linearizable`]), both pure and tested on hand-made histories. Not built yet
-//! (the "Chaos harness" issue): the fault proxies, the fault schedule, the workload runner,
-//! the `paddock-chaos` binary and the checkers that need a live cluster (no lost write,
-//! convergence, availability).
+//! Built so far: `paddock-chaos run|check`, fault proxies per directed link ([`proxy`]), a
+//! seeded fault schedule with kill, pause, partitions (isolate, isolate the leader,
+//! majority/minority, one-way, bridge) and slow links ([`faults`], [`run`]), the KV register
+//! workload, the history format ([`history`]) and the checkers ([`check`]: linearizability,
+//! lost acknowledged writes, convergence, availability). Not built yet: restarting all nodes
+//! at once, membership changes under load, dropped/reset connections, the CI soak suite.
 
 pub mod check;
+pub mod faults;
 pub mod history;
+pub mod proxy;
+pub mod run;

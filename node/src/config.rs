@@ -43,6 +43,10 @@ pub struct Flags {
     /// Join a running cluster through any of its members (host:port).
     #[arg(long, env = "PADDOCK_JOIN", conflicts_with = "peers")]
     pub join: Option<String>,
+    /// Dial peer NAME at HOST:PORT instead of its advertised address (NAT, proxies, the chaos
+    /// harness); repeatable: --route n2=10.1.0.2:7001.
+    #[arg(long = "route", env = "PADDOCK_ROUTES", value_delimiter = ',')]
+    pub routes: Vec<String>,
     /// Storage engine of the Raft log: redb (default) or sled.
     #[arg(long, env = "PADDOCK_STORAGE")]
     pub storage: Option<String>,
@@ -79,6 +83,7 @@ struct FileConfig {
     /// Either "n1=h:p,n2=h:p" or a table { n1 = "h:p", ... }.
     peers: Option<PeersValue>,
     join: Option<String>,
+    routes: Option<BTreeMap<String, String>>,
     storage: Option<String>,
     heartbeat_ms: Option<u64>,
     election_min_ms: Option<u64>,
@@ -116,6 +121,8 @@ pub struct NodeConfig {
     pub http: Option<SocketAddr>,
     pub certs_dir: PathBuf,
     pub bootstrap: Bootstrap,
+    /// Dial overrides by peer name.
+    pub routes: BTreeMap<String, String>,
     pub storage: StorageKind,
     pub heartbeat: Duration,
     pub election_min: Duration,
@@ -215,6 +222,12 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
+        let routes = if flags.routes.is_empty() {
+            file.routes.unwrap_or_default()
+        } else {
+            parse_peers(&flags.routes.join(","))
+                .map_err(|e| invalid(e.to_string().replace("--peers", "--route")))?
+        };
         let storage = flags
             .storage
             .or(file.storage)
@@ -253,6 +266,7 @@ impl NodeConfig {
             http,
             certs_dir,
             bootstrap,
+            routes,
             storage,
             heartbeat: Duration::from_millis(heartbeat),
             election_min: Duration::from_millis(election_min),

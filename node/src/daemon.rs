@@ -95,7 +95,8 @@ pub async fn run(
         })?;
     let state_machine = StateMachine::open(&config.data_dir.join("snapshots"))?;
     let shared = state_machine.shared();
-    let network = Network::new(client_tls.clone());
+    let routes = paddock_raft::network::Routes::new(config.routes.clone());
+    let network = Network::new(client_tls.clone(), routes.clone());
     let contact = network.contact();
     let raft_config = Config {
         cluster_name: "paddock".into(),
@@ -125,6 +126,7 @@ pub async fn run(
         node_id,
         shared.clone(),
         client_tls.clone(),
+        routes,
         metrics.clone(),
     );
     let (shutdown_tx, shutdown) = watch::channel(false);

@@ -20,6 +20,7 @@ use paddock_api::forward::{ForwardReply, ForwardRequest};
 use paddock_api::pb::raft_client::RaftClient;
 use paddock_api::pb::RaftMessage;
 use paddock_model::{codec, ClientRequest, Outcome, Proposal, Query, QueryResult, RequestId};
+use paddock_raft::network::Routes;
 use paddock_raft::{NodeId, Raft, SharedState};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -67,6 +68,8 @@ pub struct Proposer {
     shared: SharedState,
     batcher: mpsc::UnboundedSender<PendingWrite>,
     tls: ClientTlsConfig,
+    /// Where to dial peers whose address is overridden (`--route`).
+    routes: Routes,
     /// Channels to other nodes by address, reused across forwards.
     peers: Mutex<HashMap<String, Channel>>,
     metrics: Arc<NodeMetrics>,
@@ -78,6 +81,7 @@ impl Proposer {
         node_id: NodeId,
         shared: SharedState,
         tls: ClientTlsConfig,
+        routes: Routes,
         metrics: Arc<NodeMetrics>,
     ) -> Arc<Proposer> {
         let (batcher, queue) = mpsc::unbounded_channel();
@@ -88,6 +92,7 @@ impl Proposer {
             shared,
             batcher,
             tls,
+            routes,
             peers: Mutex::default(),
             metrics,
         })
@@ -99,7 +104,7 @@ impl Proposer {
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some((leader, node.address.clone()))
+        Some((leader, self.routes.address(node).to_string()))
     }
 
     /// The leader's address when another node leads.

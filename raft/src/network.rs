@@ -44,18 +44,39 @@ impl PeerContact {
     }
 }
 
+/// Addresses this node dials instead of a peer's advertised one, by peer name (`--route`):
+/// for networks where a peer is reached through a NAT or proxy, and for the chaos harness's
+/// fault proxies.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Arc<std::collections::BTreeMap<String, String>>);
+
+impl Routes {
+    pub fn new(routes: std::collections::BTreeMap<String, String>) -> Routes {
+        Routes(Arc::new(routes))
+    }
+
+    /// The address to dial for `node`.
+    pub fn address<'a>(&'a self, node: &'a MemberNode) -> &'a str {
+        self.0
+            .get(&node.name)
+            .map_or(node.address.as_str(), String::as_str)
+    }
+}
+
 /// Builds connections to peers (openraft's network factory).
 #[derive(Clone)]
 pub struct Network {
     tls: ClientTlsConfig,
     contact: PeerContact,
+    routes: Routes,
 }
 
 impl Network {
-    pub fn new(tls: ClientTlsConfig) -> Network {
+    pub fn new(tls: ClientTlsConfig, routes: Routes) -> Network {
         Network {
             tls,
             contact: PeerContact::default(),
+            routes,
         }
     }
 
@@ -88,7 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> PeerConnection {
         PeerConnection {
             target,
-            client: channel_to(&node.address, &self.tls).map(RaftClient::new),
+            client: channel_to(self.routes.address(node), &self.tls).map(RaftClient::new),
             contact: self.contact.clone(),
         }
     }

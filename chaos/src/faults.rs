@@ -1,0 +1,86 @@
+//! The fault schedule: derived from the seed alone, so the same seed injects the same faults at
+//! the same offsets (which node is "the leader" is decided when the fault fires).
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    Kill,
+    Pause,
+    Partition,
+    Slow,
+}
+
+impl FaultKind {
+    pub fn parse(text: &str) -> Result<FaultKind, String> {
+        match text {
+            "kill" => Ok(FaultKind::Kill),
+            "pause" => Ok(FaultKind::Pause),
+            "partition" => Ok(FaultKind::Partition),
+            "slow" => Ok(FaultKind::Slow),
+            other => Err(format!(
+                "unknown fault {other:?}: use kill, pause, partition, slow"
+            )),
+        }
+    }
+}
+
+/// One planned fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFault {
+    /// Offset from the start of the run.
+    pub at_ms: u64,
+    pub kind: FaultKind,
+    /// How long the fault lasts before it is healed.
+    pub hold_ms: u64,
+    /// Seeded choice the fault uses to pick its targets.
+    pub pick: u64,
+}
+
+/// The faults of a run of `duration` with `seed`, drawn from `kinds`.
+pub fn schedule(seed: u64, duration: Duration, kinds: &[FaultKind]) -> Vec<PlannedFault> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut plan = Vec::new();
+    if kinds.is_empty() {
+        return plan;
+    }
+    let end = duration.as_millis() as u64;
+    let mut at = 1_000;
+    // Leave the last two seconds fault-free so the run ends healed and settled.
+    while at + 2_000 < end {
+        let hold = rng.u64(1_000..=4_000).min(end.saturating_sub(at + 1_000));
+        plan.push(PlannedFault {
+            at_ms: at,
+            kind: kinds[rng.usize(..kinds.len())],
+            hold_ms: hold,
+            pick: rng.u64(..),
+        });
+        at += hold + rng.u64(500..=2_000);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let kinds = [FaultKind::Kill, FaultKind::Pause, FaultKind::Partition];
+        let a = schedule(7, Duration::from_secs(60), &kinds);
+        let b = schedule(7, Duration::from_secs(60), &kinds);
+        let c = schedule(8, Duration::from_secs(60), &kinds);
+        let key = |p: &[PlannedFault]| {
+            p.iter()
+                .map(|f| (f.at_ms, f.kind, f.hold_ms, f.pick))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&a), key(&b));
+        assert_ne!(key(&a), key(&c));
+        assert!(a.len() >= 10);
+        assert!(a.iter().all(|f| f.at_ms + f.hold_ms + 1_000 <= 60_000));
+    }
+}

@@ -1,0 +1,152 @@
+//! paddock-chaos: run a cluster under seeded faults and check it (`run`), or re-check a saved
+//! run (`check`). Exits 0 only if every checker passes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use paddock_chaos::check::{check_dir, Report};
+use paddock_chaos::faults::FaultKind;
+use paddock_chaos::run::{run, RunConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paddock-chaos",
+    version,
+    about = "Chaos runs against real paddockd processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a cluster, run the workload under faults, check the result.
+    Run {
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value = "60s", value_parser = paddock_cli::output::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Comma-separated: kill, pause, partition, slow.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kill,pause,partition,slow"
+        )]
+        faults: Vec<String>,
+        /// Only `kv` for now.
+        #[arg(long, default_value = "kv", value_parser = ["kv"])]
+        workload: String,
+        /// Concurrent clients [default: 2 per node].
+        #[arg(long)]
+        clients: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-run the checkers on a saved run directory.
+    Check { dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("paddock-chaos: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("paddock-chaos: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Run {
+            nodes,
+            duration,
+            seed,
+            faults,
+            workload: _,
+            clients,
+            out,
+        } => {
+            anyhow::ensure!(matches!(nodes, 3 | 5 | 7), "--nodes must be 3, 5 or 7");
+            let faults = faults
+                .iter()
+                .map(|f| FaultKind::parse(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let config = RunConfig {
+                nodes,
+                duration,
+                seed,
+                faults,
+                clients: clients.unwrap_or(2 * nodes),
+                out: out.clone(),
+            };
+            let windows = run(&config).await?;
+            let report = check_dir(&out, &windows)?;
+            finish(&out, &report)
+        }
+        Command::Check { dir } => {
+            let windows: Vec<(u64, u64)> = std::fs::read_to_string(dir.join("fault_windows.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+            let report = check_dir(&dir, &windows)?;
+            finish(&dir, &report)
+        }
+    }
+}
+
+fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let summary = format!(
+        "{}\noperations: {} ({} ok, {} fail, {} info)\nlinearizable: {} keys, {} violations, {} unknown\nlost acknowledged writes: {}\nconverged: {} ({} nodes)\navailability: {:.1}% ok outside faults, {:.1}% overall, longest gap {} ms\n",
+        if report.valid { "PASS" } else { "FAIL" },
+        report.operations.total,
+        report.operations.ok,
+        report.operations.fail,
+        report.operations.info,
+        report.linearizable.keys,
+        report.linearizable.violations.len(),
+        report.linearizable.unknown.len(),
+        report.lost_writes.len(),
+        report.converged,
+        report.nodes.len(),
+        report.availability.ok_share_without_faults * 100.0,
+        report.availability.ok_share * 100.0,
+        report.availability.longest_gap_ms,
+    );
+    let mut details = String::new();
+    for v in report
+        .linearizable
+        .violations
+        .iter()
+        .chain(&report.linearizable.unknown)
+        .chain(&report.lost_writes)
+    {
+        details.push_str(&format!("  {v}\n"));
+    }
+    std::fs::write(dir.join("summary.txt"), format!("{summary}{details}"))?;
+    print!("{summary}{details}");
+    Ok(report.valid)
+}

@@ -1,0 +1,604 @@
+//! One chaos run: a cluster of real `paddockd` processes behind fault proxies, a KV register
+//! workload, the seeded faults, then healing, final reads and the node states the checkers
+//! need. Everything lands in the output directory.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use paddock_api::client::{Client, ClientError};
+use paddock_api::pb::{self, kv_client::KvClient};
+use paddock_cli::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
+use serde_json::{json, Value};
+
+use crate::check::{NodeFinal, FINAL_READERS};
+use crate::faults::{schedule, FaultKind, PlannedFault};
+use crate::history::{Event, EventType, Function};
+use crate::proxy::{LinkMode, LinkProxy};
+
+pub struct RunConfig {
+    pub nodes: usize,
+    pub duration: Duration,
+    pub seed: u64,
+    pub faults: Vec<FaultKind>,
+    pub clients: usize,
+    pub out: PathBuf,
+}
+
+/// Events and fault records with times relative to the run's start.
+struct Recorder {
+    start: Instant,
+    history: Mutex<std::io::BufWriter<std::fs::File>>,
+    faults: Mutex<std::fs::File>,
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn event(
+        &self,
+        kind: EventType,
+        process: u64,
+        f: Function,
+        key: &str,
+        value: Value,
+        node: &str,
+    ) {
+        let event = Event {
+            kind,
+            process,
+            f,
+            key: key.to_string(),
+            value,
+            time: self.now(),
+            node: node.to_string(),
+        };
+        if let (Ok(mut out), Ok(line)) = (self.history.lock(), serde_json::to_string(&event)) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    fn fault(&self, record: Value) {
+        let mut record = record;
+        record["time"] = json!(self.now());
+        if let Ok(mut out) = self.faults.lock() {
+            let _ = writeln!(out, "{record}");
+        }
+    }
+}
+
+/// Runs the cluster, workload and faults; returns the fault windows (start, end) in ns.
+pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("cannot create {}", config.out.display()))?;
+    let spec = LocalClusterSpec {
+        nodes: config.nodes,
+        base_port: None,
+        extra_args: Vec::new(),
+    };
+    let mut cluster = LocalCluster::prepare(&config.out.join("cluster"), &spec, find_paddockd()?)?;
+    // One proxy per directed link; node i dials node j through proxies[(i, j)].
+    let mut proxies: BTreeMap<(usize, usize), LinkProxy> = BTreeMap::new();
+    for i in 0..config.nodes {
+        for j in 0..config.nodes {
+            if i != j {
+                let proxy = LinkProxy::start(
+                    &cluster.nodes[i].name,
+                    &cluster.nodes[j].name,
+                    cluster.nodes[j].address.clone(),
+                )
+                .await?;
+                proxies.insert((i, j), proxy);
+            }
+        }
+    }
+    for i in 0..config.nodes {
+        let routes: Vec<String> = (0..config.nodes)
+            .filter(|j| *j != i)
+            .map(|j| format!("{}={}", cluster.nodes[j].name, proxies[&(i, j)].address))
+            .collect();
+        cluster.nodes[i]
+            .extra_args
+            .extend(["--route".to_string(), routes.join(",")]);
+    }
+    cluster.start_all()?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+
+    let recorder = Arc::new(Recorder {
+        start: Instant::now(),
+        history: Mutex::new(std::io::BufWriter::new(std::fs::File::create(
+            config.out.join("history.jsonl"),
+        )?)),
+        faults: Mutex::new(std::fs::File::create(config.out.join("faults.jsonl"))?),
+    });
+    let end = Instant::now() + config.duration;
+    let processes = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..config.clients {
+        let recorder = recorder.clone();
+        let processes = processes.clone();
+        let endpoints: Vec<(String, String)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.address.clone()))
+            .collect();
+        let tls = cluster.certs.client_tls(
+            paddock_cli::local_cluster::ADMIN,
+            paddock_api::certs::CLIENT_HINT,
+        )?;
+        let seed = config.seed.wrapping_mul(1000).wrapping_add(worker as u64);
+        workers.push(tokio::spawn(async move {
+            kv_worker(recorder, processes, endpoints, tls, seed, end).await;
+        }));
+    }
+
+    let plan = schedule(config.seed, config.duration, &config.faults);
+    let mut windows = Vec::new();
+    for fault in &plan {
+        let at = recorder.start + Duration::from_millis(fault.at_ms);
+        tokio::time::sleep_until(at.into()).await;
+        let started = recorder.now();
+        let healed = apply_fault(fault, &mut cluster, &proxies, &recorder).await;
+        tokio::time::sleep(Duration::from_millis(fault.hold_ms)).await;
+        heal(&healed, &mut cluster, &proxies, &recorder);
+        windows.push((started, recorder.now()));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+
+    // Everything healed: final linearizable reads of every key, then the node states.
+    heal(&Healing::Everything, &mut cluster, &proxies, &recorder);
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    final_reads(&cluster, &recorder, &config.out).await?;
+    if let Ok(mut out) = recorder.history.lock() {
+        out.flush()?;
+    }
+    let nodes = settled_states(&cluster).await;
+    std::fs::write(
+        config.out.join("final_state.json"),
+        serde_json::to_string_pretty(&nodes)?,
+    )?;
+    std::fs::write(
+        config.out.join("fault_windows.json"),
+        serde_json::to_string(&windows)?,
+    )?;
+    cluster.stop_all();
+    Ok(windows)
+}
+
+/// What healing a fault means.
+enum Healing {
+    Restart(usize),
+    Resume(usize),
+    Links,
+    Everything,
+}
+
+async fn apply_fault(
+    fault: &PlannedFault,
+    cluster: &mut LocalCluster,
+    proxies: &BTreeMap<(usize, usize), LinkProxy>,
+    recorder: &Recorder,
+) -> Healing {
+    let n = cluster.nodes.len();
+    let leader = cluster.wait_for_leader(Duration::from_secs(2)).await.ok();
+    let random = (fault.pick % n as u64) as usize;
+    let target = if fault.pick.is_multiple_of(3) {
+        leader.unwrap_or(random)
+    } else {
+        random
+    };
+    let name = cluster.nodes[target].name.clone();
+    match fault.kind {
+        FaultKind::Kill => {
+            cluster.kill(target);
+            recorder.fault(json!({"fault": "kill", "action": "start", "nodes": [name]}));
+            Healing::Restart(target)
+        }
+        FaultKind::Pause => {
+            signal(cluster, target, rustix::process::Signal::STOP);
+            recorder.fault(json!({"fault": "pause", "action": "start", "nodes": [name]}));
+            Healing::Resume(target)
+        }
+        FaultKind::Slow => {
+            let delay = 20 + (fault.pick >> 8) % 180;
+            for ((from, to), proxy) in proxies {
+                if *from == target || *to == target {
+                    proxy.set(LinkMode::Slow {
+                        delay_ms: delay,
+                        jitter_ms: delay / 2,
+                    });
+                }
+            }
+            recorder.fault(
+                json!({"fault": "slow", "action": "start", "nodes": [name], "delay_ms": delay}),
+            );
+            Healing::Links
+        }
+        FaultKind::Partition => {
+            let (kind, cut) = partition(fault.pick, n, target, leader);
+            for link in &cut {
+                if let Some(proxy) = proxies.get(link) {
+                    proxy.set(LinkMode::Cut);
+                }
+            }
+            let names: Vec<String> = cut
+                .iter()
+                .map(|(a, b)| format!("{}->{}", cluster.nodes[*a].name, cluster.nodes[*b].name))
+                .collect();
+            recorder.fault(
+                json!({"fault": "partition", "kind": kind, "action": "start", "cut": names}),
+            );
+            Healing::Links
+        }
+    }
+}
+
+/// The directed links a partition cuts.
+fn partition(
+    pick: u64,
+    n: usize,
+    target: usize,
+    leader: Option<usize>,
+) -> (&'static str, Vec<(usize, usize)>) {
+    let both = |a: &[usize], b: &[usize]| {
+        let mut links = Vec::new();
+        for &x in a {
+            for &y in b {
+                links.push((x, y));
+                links.push((y, x));
+            }
+        }
+        links
+    };
+    let others = |x: usize| (0..n).filter(|i| *i != x).collect::<Vec<_>>();
+    match (pick >> 16) % 5 {
+        0 => ("isolate", both(&[target], &others(target))),
+        1 => {
+            let l = leader.unwrap_or(target);
+            ("isolate-leader", both(&[l], &others(l)))
+        }
+        2 => {
+            let mut order: Vec<usize> = (0..n).collect();
+            fastrand::Rng::with_seed(pick).shuffle(&mut order);
+            let minority = &order[..n / 2];
+            let majority = &order[n / 2..];
+            ("majority-minority", both(minority, majority))
+        }
+        3 => (
+            "one-way",
+            others(target).into_iter().map(|o| (target, o)).collect(),
+        ),
+        _ => {
+            // Two halves that both reach the bridge node `target` but not each other.
+            let rest = others(target);
+            let (left, right) = rest.split_at(rest.len() / 2);
+            ("bridge", both(left, right))
+        }
+    }
+}
+
+fn signal(cluster: &LocalCluster, i: usize, signal: rustix::process::Signal) {
+    if let Some(child) = &cluster.nodes[i].child {
+        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+fn heal(
+    healing: &Healing,
+    cluster: &mut LocalCluster,
+    proxies: &BTreeMap<(usize, usize), LinkProxy>,
+    recorder: &Recorder,
+) {
+    match healing {
+        Healing::Restart(i) => {
+            let _ = cluster.start(*i);
+            recorder.fault(
+                json!({"fault": "kill", "action": "end", "nodes": [cluster.nodes[*i].name]}),
+            );
+        }
+        Healing::Resume(i) => {
+            signal(cluster, *i, rustix::process::Signal::CONT);
+            recorder.fault(
+                json!({"fault": "pause", "action": "end", "nodes": [cluster.nodes[*i].name]}),
+            );
+        }
+        Healing::Links => {
+            for proxy in proxies.values() {
+                proxy.set(LinkMode::Pass);
+            }
+            recorder.fault(json!({"fault": "links", "action": "end"}));
+        }
+        Healing::Everything => {
+            for proxy in proxies.values() {
+                proxy.set(LinkMode::Pass);
+            }
+            for i in 0..cluster.nodes.len() {
+                signal(cluster, i, rustix::process::Signal::CONT);
+                if !cluster.is_running(i) {
+                    let _ = cluster.start(i);
+                }
+            }
+        }
+    }
+}
+
+/// Keys live for a few seconds each, so every key's history stays small enough to check.
+fn key_for(recorder: &Recorder, rng: &mut fastrand::Rng) -> String {
+    let generation = recorder.start.elapsed().as_secs() / 5;
+    format!("chaos/g{generation}/k{}", rng.u8(0..4))
+}
+
+async fn kv_worker(
+    recorder: Arc<Recorder>,
+    processes: Arc<AtomicU64>,
+    endpoints: Vec<(String, String)>,
+    tls: tonic::transport::ClientTlsConfig,
+    seed: u64,
+    end: Instant,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut last_values: BTreeMap<String, String> = BTreeMap::new();
+    'process: while Instant::now() < end {
+        let process = processes.fetch_add(1, Ordering::Relaxed);
+        let (node, address) = endpoints[rng.usize(..endpoints.len())].clone();
+        let Ok(mut client) = Client::new(&[address], tls.clone(), Duration::from_millis(1500))
+        else {
+            return;
+        };
+        let mut seq = 0u64;
+        while Instant::now() < end {
+            seq += 1;
+            let key = key_for(&recorder, &mut rng);
+            let value = format!("{process}-{seq}");
+            let roll = rng.u8(0..10);
+            let outcome = if roll < 4 {
+                recorder.event(
+                    EventType::Invoke,
+                    process,
+                    Function::Read,
+                    &key,
+                    Value::Null,
+                    &node,
+                );
+                let request = pb::GetRequest {
+                    key: key.clone(),
+                    stale: false,
+                };
+                let result = client
+                    .call(|c| {
+                        let request = request.clone();
+                        async move { KvClient::new(c).get(request).await }
+                    })
+                    .await;
+                match result {
+                    Ok(reply) => {
+                        let seen = reply.found.then(|| reply.value.clone());
+                        if let Some(v) = &seen {
+                            last_values.insert(key.clone(), v.clone());
+                        }
+                        recorder.event(
+                            EventType::Ok,
+                            process,
+                            Function::Read,
+                            &key,
+                            json!(seen),
+                            &node,
+                        );
+                        true
+                    }
+                    Err(e) => record_error(
+                        &recorder,
+                        process,
+                        Function::Read,
+                        &key,
+                        Value::Null,
+                        &node,
+                        &e,
+                    ),
+                }
+            } else if roll < 8 {
+                recorder.event(
+                    EventType::Invoke,
+                    process,
+                    Function::Write,
+                    &key,
+                    json!(value),
+                    &node,
+                );
+                let request = pb::PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    request_id: Some(client.next_request_id().into()),
+                };
+                let result = client
+                    .call(|c| {
+                        let request = request.clone();
+                        async move { KvClient::new(c).put(request).await }
+                    })
+                    .await;
+                match result {
+                    Ok(_) => {
+                        last_values.insert(key.clone(), value.clone());
+                        recorder.event(
+                            EventType::Ok,
+                            process,
+                            Function::Write,
+                            &key,
+                            json!(value),
+                            &node,
+                        );
+                        true
+                    }
+                    Err(e) => record_error(
+                        &recorder,
+                        process,
+                        Function::Write,
+                        &key,
+                        json!(value),
+                        &node,
+                        &e,
+                    ),
+                }
+            } else {
+                let expected = last_values
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{}-1", rng.u64(..process.max(1))));
+                let pair = json!([expected, value]);
+                recorder.event(
+                    EventType::Invoke,
+                    process,
+                    Function::Cas,
+                    &key,
+                    pair.clone(),
+                    &node,
+                );
+                let request = pb::CasRequest {
+                    key: key.clone(),
+                    expect_absent: false,
+                    expect: expected,
+                    value: value.clone(),
+                    request_id: Some(client.next_request_id().into()),
+                };
+                let result = client
+                    .call(|c| {
+                        let request = request.clone();
+                        async move { KvClient::new(c).cas(request).await }
+                    })
+                    .await;
+                match result {
+                    Ok(reply) if reply.swapped => {
+                        last_values.insert(key.clone(), value.clone());
+                        recorder.event(EventType::Ok, process, Function::Cas, &key, pair, &node);
+                        true
+                    }
+                    Ok(_) => {
+                        recorder.event(EventType::Fail, process, Function::Cas, &key, pair, &node);
+                        true
+                    }
+                    Err(e) => {
+                        record_error(&recorder, process, Function::Cas, &key, pair, &node, &e)
+                    }
+                }
+            };
+            if !outcome {
+                // Unknown outcome: this process is over; continue as a new one.
+                continue 'process;
+            }
+            tokio::time::sleep(Duration::from_millis(rng.u64(5..30))).await;
+        }
+    }
+}
+
+/// Records a failed call: `fail` when the server refused it before doing anything, `info`
+/// (unknown) otherwise. Returns whether the process may go on.
+fn record_error(
+    recorder: &Recorder,
+    process: u64,
+    f: Function,
+    key: &str,
+    value: Value,
+    node: &str,
+    error: &ClientError,
+) -> bool {
+    use tonic::Code;
+    let certain = matches!(
+        error.code(),
+        Some(
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::Unauthenticated
+        )
+    );
+    if certain {
+        recorder.event(EventType::Fail, process, f, key, value, node);
+        true
+    } else {
+        recorder.event(EventType::Info, process, f, key, value, node);
+        false
+    }
+}
+
+async fn final_reads(
+    cluster: &LocalCluster,
+    recorder: &Recorder,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if let Ok(mut history) = recorder.history.lock() {
+        history.flush()?;
+    }
+    let text = std::fs::read_to_string(out.join("history.jsonl"))?;
+    let keys: std::collections::BTreeSet<String> = crate::history::parse(&text)?
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    let mut client = cluster.client(Duration::from_secs(30))?;
+    for (i, key) in keys.into_iter().enumerate() {
+        // One process per key: a process runs one operation at a time.
+        let process = FINAL_READERS + i as u64;
+        recorder.event(
+            EventType::Invoke,
+            process,
+            Function::Read,
+            &key,
+            Value::Null,
+            "final",
+        );
+        let request = pb::GetRequest {
+            key: key.clone(),
+            stale: false,
+        };
+        let reply = client
+            .call(|c| {
+                let request = request.clone();
+                async move { KvClient::new(c).get(request).await }
+            })
+            .await?;
+        let seen = reply.found.then_some(reply.value);
+        recorder.event(
+            EventType::Ok,
+            process,
+            Function::Read,
+            &key,
+            json!(seen),
+            "final",
+        );
+    }
+    Ok(())
+}
+
+/// Polls every node until they report the same applied index and state digest (or 30 s).
+async fn settled_states(cluster: &LocalCluster) -> Vec<NodeFinal> {
+    let started = Instant::now();
+    loop {
+        let mut nodes = Vec::new();
+        for i in 0..cluster.nodes.len() {
+            if let Ok(status) = cluster.status_of(i).await {
+                nodes.push(NodeFinal {
+                    node: status.node,
+                    applied_index: status.applied_index,
+                    state_digest: status.state_digest,
+                });
+            }
+        }
+        let agree = nodes.len() == cluster.nodes.len()
+            && nodes.windows(2).all(|w| {
+                w[0].applied_index == w[1].applied_index && w[0].state_digest == w[1].state_digest
+            });
+        if agree || started.elapsed() > Duration::from_secs(30) {
+            return nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,57 @@
+//! A short chaos run: real processes, seeded faults, every checker must pass. Longer soaks are
+//! run by hand (docs/chaos.md).
+
+use std::process::Command;
+
+use paddock_tests::{binaries, serial};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let out = tempfile::Builder::new()
+        .prefix("paddock-chaos-")
+        .tempdir()?;
+    for seed in [1, 2] {
+        let dir = out.path().join(format!("seed-{seed}"));
+        let output = Command::new(binaries().join("paddock-chaos"))
+            .args([
+                "run",
+                "--nodes",
+                "3",
+                "--duration",
+                "15s",
+                "--seed",
+                &seed.to_string(),
+                "--out",
+            ])
+            .arg(&dir)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "seed {seed} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with("PASS"), "{stdout}");
+        for file in [
+            "history.jsonl",
+            "faults.jsonl",
+            "report.json",
+            "summary.txt",
+            "final_state.json",
+        ] {
+            assert!(dir.join(file).exists(), "{file} missing");
+        }
+        // Re-checking the saved run gives the same verdict.
+        let check = Command::new(binaries().join("paddock-chaos"))
+            .arg("check")
+            .arg(&dir)
+            .output()?;
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+    Ok(())
+}
