@@ -70,6 +70,15 @@ pub fn fast_timings() -> Vec<String> {
     .collect()
 }
 
+/// A cluster of `nodes` with [`fast_timings`].
+pub fn spec(nodes: usize) -> LocalClusterSpec {
+    LocalClusterSpec {
+        nodes,
+        base_port: None,
+        extra_args: fast_timings(),
+    }
+}
+
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), ClientError> {

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use paddock_tests::{binaries, cluster, fast_timings, serial, LocalClusterSpec, WAIT};
+use paddock_tests::{binaries, cluster, serial, spec, WAIT};
 
 fn paddockd(args: &[&str]) -> (i32, String) {
     let output = Command::new(binaries().join("paddockd"))
@@ -75,11 +75,7 @@ fn bad_flags_are_refused_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(LocalClusterSpec {
-        nodes: 1,
-        base_port: None,
-        extra_args: fast_timings(),
-    })?;
+    let (_dir, mut cluster) = cluster(spec(1))?;
     cluster.start(0)?;
     cluster.wait_for_leader(WAIT).await?;
     cluster.terminate(0, Duration::from_secs(5));
@@ -116,11 +112,7 @@ async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<
     copy_dir(&cluster.certs.dir, &other_dir.path().join("certs"))?;
     let mut other = paddock_tests::LocalCluster::prepare(
         other_dir.path(),
-        &LocalClusterSpec {
-            nodes: 1,
-            base_port: None,
-            extra_args: fast_timings(),
-        },
+        &spec(1),
         binaries().join("paddockd"),
     )?;
     other.start(0)?;

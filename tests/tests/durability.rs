@@ -5,18 +5,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use paddock_tests::{
-    cluster, fast_timings, get, get_local, list_local, put, serial, wait_applied, LocalClusterSpec,
-    WAIT,
+    cluster, fast_timings, get, get_local, list_local, put, serial, spec, wait_applied,
+    LocalClusterSpec, WAIT,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_every_node_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    })?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;

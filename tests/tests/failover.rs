@@ -2,20 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use paddock_tests::{cluster, fast_timings, get, put, serial, LocalClusterSpec, WAIT};
-
-fn spec() -> LocalClusterSpec {
-    LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    }
-}
+use paddock_tests::{cluster, get, put, serial, spec, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_the_leader_elects_a_new_one_and_writes_continue() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     let mut client = cluster.client(WAIT)?;
     for round in 0..2 {
@@ -44,7 +36,7 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_on_the_leader_hands_over_leadership_and_exits() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;

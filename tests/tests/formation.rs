@@ -2,23 +2,13 @@
 
 use std::time::Duration;
 
-use paddock_tests::{
-    cluster, fast_timings, get, put, serial, wait_applied, LocalClusterSpec, WAIT,
-};
-
-fn spec() -> LocalClusterSpec {
-    LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    }
-}
+use paddock_tests::{cluster, get, put, serial, spec, wait_applied, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_started_in_any_order_form_one_cluster() -> anyhow::Result<()> {
     let _serial = serial().await;
     for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
-        let (_dir, mut cluster) = cluster(spec())?;
+        let (_dir, mut cluster) = cluster(spec(3))?;
         for i in order {
             cluster.start(i)?;
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -41,7 +31,7 @@ async fn nodes_started_in_any_order_form_one_cluster() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_started_much_later_joins_and_catches_up() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start(0)?;
     cluster.start(1)?;
     let leader = cluster.wait_for_leader(WAIT).await?;

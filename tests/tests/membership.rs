@@ -2,16 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use paddock_tests::{cluster, fast_timings, get_local, put, serial, LocalClusterSpec, WAIT};
+use paddock_tests::{cluster, fast_timings, get_local, put, serial, spec, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn joined_nodes_become_voters_up_to_five_then_stay_learners() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    })?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;

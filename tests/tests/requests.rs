@@ -3,20 +3,12 @@
 
 use paddock_api::pb::kv_client::KvClient;
 use paddock_api::pb::{self};
-use paddock_tests::{cluster, fast_timings, get, put, serial, LocalClusterSpec, WAIT};
-
-fn spec() -> LocalClusterSpec {
-    LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    }
-}
+use paddock_tests::{cluster, get, put, serial, spec, WAIT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_and_reads_through_a_follower_reach_the_leader() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let follower = (leader + 1) % 3;
@@ -41,7 +33,7 @@ async fn writes_and_reads_through_a_follower_reach_the_leader() -> anyhow::Resul
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;
@@ -87,7 +79,7 @@ async fn a_retried_request_is_applied_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_reads_serve_the_local_replica_without_a_leader() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (_dir, mut cluster) = cluster(spec())?;
+    let (_dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;

@@ -5,17 +5,13 @@ use std::time::Duration;
 use paddock_api::certs::{CertsDir, Role, CLIENT_HINT};
 use paddock_api::client::Client;
 use paddock_api::pb::{self, raft_client::RaftClient};
-use paddock_tests::{cluster, fast_timings, get, put, serial, LocalClusterSpec, WAIT};
+use paddock_tests::{cluster, get, put, serial, spec, WAIT};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_certificates_of_the_cluster_ca_and_role_get_in() -> anyhow::Result<()> {
     let _serial = serial().await;
-    let (dir, mut cluster) = cluster(LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: fast_timings(),
-    })?;
+    let (dir, mut cluster) = cluster(spec(3))?;
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
     let endpoints = cluster.endpoints();
