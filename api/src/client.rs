@@ -13,6 +13,8 @@ use paddock_model::RequestId;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use crate::pb::{self, cluster_client::ClusterClient, kv_client::KvClient};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no endpoint given: pass --endpoint HOST:PORT or set PADDOCK_ENDPOINT")]
@@ -199,5 +201,142 @@ fn describe(status: &Status) -> String {
         format!("{:?}", status.code())
     } else {
         text
+    }
+}
+
+/// The answer to a compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CasOutcome {
+    pub swapped: bool,
+    /// When not swapped: the value found instead (`None`: absent).
+    pub current: Option<String>,
+}
+
+/// Typed calls. Writes get a fresh request id, kept across this call's retries.
+impl Client {
+    /// The value of `key`, linearizable unless `stale`.
+    pub async fn kv_get(&mut self, key: &str, stale: bool) -> Result<Option<String>, ClientError> {
+        let request = pb::GetRequest {
+            key: key.to_string(),
+            stale,
+        };
+        let reply = self
+            .call(|channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).get(request).await }
+            })
+            .await?;
+        Ok(reply.found.then_some(reply.value))
+    }
+
+    /// Sets `key`; returns the previous value.
+    pub async fn kv_put(&mut self, key: &str, value: &str) -> Result<Option<String>, ClientError> {
+        let request = pb::PutRequest {
+            key: key.to_string(),
+            value: value.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        let reply = self
+            .call(|channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).put(request).await }
+            })
+            .await?;
+        Ok(reply.had_previous.then_some(reply.previous))
+    }
+
+    /// Sets `key` to `value` if its value is `expect` (`None`: if absent).
+    pub async fn kv_cas(
+        &mut self,
+        key: &str,
+        expect: Option<&str>,
+        value: &str,
+    ) -> Result<CasOutcome, ClientError> {
+        let request = pb::CasRequest {
+            key: key.to_string(),
+            expect_absent: expect.is_none(),
+            expect: expect.unwrap_or_default().to_string(),
+            value: value.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        let reply = self
+            .call(|channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).cas(request).await }
+            })
+            .await?;
+        Ok(CasOutcome {
+            swapped: reply.swapped,
+            current: reply.current_found.then_some(reply.current),
+        })
+    }
+
+    /// Deletes `key`; returns whether it existed.
+    pub async fn kv_delete(&mut self, key: &str) -> Result<bool, ClientError> {
+        let request = pb::DeleteRequest {
+            key: key.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        let reply = self
+            .call(|channel| {
+                let request = request.clone();
+                async move { KvClient::new(channel).delete(request).await }
+            })
+            .await?;
+        Ok(reply.existed)
+    }
+
+    /// Every key and value under `prefix`, paging through the server's limit.
+    pub async fn kv_list(
+        &mut self,
+        prefix: &str,
+        stale: bool,
+    ) -> Result<Vec<(String, String)>, ClientError> {
+        let mut entries = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let request = pb::ListRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.clone(),
+                limit: 0,
+                stale,
+            };
+            let reply = self
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { KvClient::new(channel).list(request).await }
+                })
+                .await?;
+            if let Some(last) = reply.entries.last() {
+                start_after = last.key.clone();
+            }
+            entries.extend(reply.entries.into_iter().map(|e| (e.key, e.value)));
+            if !reply.more {
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// Cluster status; `local`: the answering node's own view only.
+    pub async fn status(&mut self, local: bool) -> Result<pb::ClusterStatus, ClientError> {
+        self.call(|channel| async move {
+            ClusterClient::new(channel)
+                .status(pb::StatusRequest { local })
+                .await
+        })
+        .await
+    }
+
+    /// Removes the member `name`.
+    pub async fn remove_member(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::RemoveMemberRequest {
+            name: name.to_string(),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { ClusterClient::new(channel).remove_member(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use paddock_api::client::{Client, ClientError};
-use paddock_api::pb::{self, kv_client::KvClient};
 use paddock_cli::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 use serde_json::{json, Value};
 
@@ -370,19 +369,8 @@ async fn kv_worker(
                     Value::Null,
                     &node,
                 );
-                let request = pb::GetRequest {
-                    key: key.clone(),
-                    stale: false,
-                };
-                let result = client
-                    .call(|c| {
-                        let request = request.clone();
-                        async move { KvClient::new(c).get(request).await }
-                    })
-                    .await;
-                match result {
-                    Ok(reply) => {
-                        let seen = reply.found.then(|| reply.value.clone());
+                match client.kv_get(&key, false).await {
+                    Ok(seen) => {
                         if let Some(v) = &seen {
                             last_values.insert(key.clone(), v.clone());
                         }
@@ -415,18 +403,7 @@ async fn kv_worker(
                     json!(value),
                     &node,
                 );
-                let request = pb::PutRequest {
-                    key: key.clone(),
-                    value: value.clone(),
-                    request_id: Some(client.next_request_id().into()),
-                };
-                let result = client
-                    .call(|c| {
-                        let request = request.clone();
-                        async move { KvClient::new(c).put(request).await }
-                    })
-                    .await;
-                match result {
+                match client.kv_put(&key, &value).await {
                     Ok(_) => {
                         last_values.insert(key.clone(), value.clone());
                         recorder.event(
@@ -463,21 +440,8 @@ async fn kv_worker(
                     pair.clone(),
                     &node,
                 );
-                let request = pb::CasRequest {
-                    key: key.clone(),
-                    expect_absent: false,
-                    expect: expected,
-                    value: value.clone(),
-                    request_id: Some(client.next_request_id().into()),
-                };
-                let result = client
-                    .call(|c| {
-                        let request = request.clone();
-                        async move { KvClient::new(c).cas(request).await }
-                    })
-                    .await;
-                match result {
-                    Ok(reply) if reply.swapped => {
+                match client.kv_cas(&key, Some(&expected), &value).await {
+                    Ok(outcome) if outcome.swapped => {
                         last_values.insert(key.clone(), value.clone());
                         recorder.event(EventType::Ok, process, Function::Cas, &key, pair, &node);
                         true
@@ -555,17 +519,7 @@ async fn final_reads(
             Value::Null,
             "final",
         );
-        let request = pb::GetRequest {
-            key: key.clone(),
-            stale: false,
-        };
-        let reply = client
-            .call(|c| {
-                let request = request.clone();
-                async move { KvClient::new(c).get(request).await }
-            })
-            .await?;
-        let seen = reply.found.then_some(reply.value);
+        let seen = client.kv_get(&key, false).await?;
         recorder.event(
             EventType::Ok,
             process,

@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use paddock_api::client::Client;
-use paddock_api::pb::kv_client::KvClient;
-use paddock_api::pb::PutRequest;
 use serde_json::json;
 
 use crate::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
@@ -91,18 +89,7 @@ async fn start_cluster(
 }
 
 async fn put(client: &mut Client, key: String, value: String) -> bool {
-    let request = PutRequest {
-        key,
-        value,
-        request_id: Some(client.next_request_id().into()),
-    };
-    client
-        .call(|channel| {
-            let request = request.clone();
-            async move { KvClient::new(channel).put(request).await }
-        })
-        .await
-        .is_ok()
+    client.kv_put(&key, &value).await.is_ok()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use paddock_api::certs::{CertsDir, Role, CLIENT_HINT};
 use paddock_api::client::Client;
-use paddock_api::pb::cluster_client::ClusterClient;
-use paddock_api::pb::{ClusterStatus, StatusRequest};
+use paddock_api::pb::ClusterStatus;
 
 /// Name of the admin client certificate made for a local cluster.
 pub const ADMIN: &str = "admin";
@@ -275,13 +274,7 @@ impl LocalCluster {
     pub async fn status_of(&self, i: usize) -> anyhow::Result<ClusterStatus> {
         let mut client =
             self.client_of(vec![self.nodes[i].address.clone()], Duration::from_secs(2))?;
-        let status = client
-            .call(|channel| async move {
-                ClusterClient::new(channel)
-                    .status(StatusRequest { local: true })
-                    .await
-            })
-            .await?;
+        let status = client.status(true).await?;
         Ok(status)
     }
 

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use paddock_api::client::{Client, ClientError};
-use paddock_api::pb::kv_client::KvClient;
-use paddock_api::pb::{self};
 pub use paddock_cli::local_cluster::{LocalCluster, LocalClusterSpec};
 
 /// Builds `paddockd` and `paddock` once per test binary (a no-op when fresh), so tests never
@@ -82,18 +80,7 @@ pub fn spec(nodes: usize) -> LocalClusterSpec {
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<(), ClientError> {
-    let request = pb::PutRequest {
-        key: key.into(),
-        value: value.into(),
-        request_id: Some(client.next_request_id().into()),
-    };
-    client
-        .call(|channel| {
-            let request = request.clone();
-            async move { KvClient::new(channel).put(request).await }
-        })
-        .await
-        .map(|_| ())
+    client.kv_put(key, value).await.map(|_| ())
 }
 
 pub async fn get(
@@ -101,17 +88,7 @@ pub async fn get(
     key: &str,
     stale: bool,
 ) -> Result<Option<String>, ClientError> {
-    let request = pb::GetRequest {
-        key: key.into(),
-        stale,
-    };
-    let reply = client
-        .call(|channel| {
-            let request = request.clone();
-            async move { KvClient::new(channel).get(request).await }
-        })
-        .await?;
-    Ok(reply.found.then_some(reply.value))
+    client.kv_get(key, stale).await
 }
 
 /// Reads `key` from node `i`'s own replica (no forwarding, no read-index).
@@ -137,29 +114,7 @@ pub async fn list_local(
         vec![cluster.nodes[i].address.clone()],
         Duration::from_secs(5),
     )?;
-    let mut all = std::collections::BTreeMap::new();
-    let mut start_after = String::new();
-    loop {
-        let request = pb::ListRequest {
-            prefix: prefix.into(),
-            start_after: start_after.clone(),
-            limit: 0,
-            stale: true,
-        };
-        let reply = client
-            .call(|channel| {
-                let request = request.clone();
-                async move { KvClient::new(channel).list(request).await }
-            })
-            .await?;
-        if let Some(last) = reply.entries.last() {
-            start_after = last.key.clone();
-        }
-        all.extend(reply.entries.into_iter().map(|e| (e.key, e.value)));
-        if !reply.more {
-            return Ok(all);
-        }
-    }
+    Ok(client.kv_list(prefix, true).await?.into_iter().collect())
 }
 
 /// Waits until node `i` has applied at least `index`.

@@ -62,13 +62,7 @@ async fn joined_nodes_become_voters_up_to_five_then_stay_learners() -> anyhow::R
 
     // Removing a voter makes room: the learner is promoted.
     let mut admin = cluster.client(WAIT)?;
-    admin
-        .call(|channel| async move {
-            paddock_api::pb::cluster_client::ClusterClient::new(channel)
-                .remove_member(paddock_api::pb::RemoveMemberRequest { name: "n4".into() })
-                .await
-        })
-        .await?;
+    admin.remove_member("n4").await?;
     let n4 = cluster
         .nodes
         .iter()

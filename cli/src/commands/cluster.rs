@@ -1,8 +1,7 @@
 //! `paddock cluster`: the Raft cluster as a whole.
 
 use clap::Subcommand;
-use paddock_api::pb::cluster_client::ClusterClient;
-use paddock_api::pb::{ClusterStatus, StatusRequest};
+use paddock_api::pb::ClusterStatus;
 use serde_json::json;
 
 use super::{client_failure, print_json, Global};
@@ -18,14 +17,7 @@ pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure
     match command {
         ClusterCommand::Status => {
             let mut client = global.client()?;
-            let status = client
-                .call(|channel| async move {
-                    ClusterClient::new(channel)
-                        .status(StatusRequest { local: false })
-                        .await
-                })
-                .await
-                .map_err(client_failure)?;
+            let status = client.status(false).await.map_err(client_failure)?;
             match global.output {
                 Output::Json => print_json(&status_json(&status)),
                 Output::Table => print_status_table(&status),

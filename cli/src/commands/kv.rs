@@ -1,9 +1,6 @@
 //! `paddock kv`: the cluster key/value space.
 
 use clap::Subcommand;
-use paddock_api::convert::join_option;
-use paddock_api::pb::kv_client::KvClient;
-use paddock_api::pb::{self};
 use serde_json::json;
 
 use super::{client_failure, print_json, Global};
@@ -51,81 +48,47 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
     let json = global.output == Output::Json;
     match command {
         KvCommand::Put { key, value } => {
-            let request = pb::PutRequest {
-                key: key.clone(),
-                value,
-                request_id: Some(client.next_request_id().into()),
-            };
-            let reply = client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { KvClient::new(channel).put(request).await }
-                })
-                .await
-                .map_err(client_failure)?;
+            let previous = client.kv_put(&key, &value).await.map_err(client_failure)?;
             if json {
-                print_json(
-                    &json!({"key": key, "previous": join_option(reply.had_previous, reply.previous)}),
-                );
+                print_json(&json!({"key": key, "previous": previous}));
             } else {
                 println!("OK");
             }
         }
         KvCommand::Get { key, stale } => {
-            let request = pb::GetRequest {
-                key: key.clone(),
-                stale,
-            };
-            let reply = client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { KvClient::new(channel).get(request).await }
-                })
-                .await
-                .map_err(client_failure)?;
-            if !reply.found {
-                if json {
-                    print_json(&json!({"key": key, "value": null}));
+            match client.kv_get(&key, stale).await.map_err(client_failure)? {
+                Some(value) if json => print_json(&json!({"key": key, "value": value})),
+                Some(value) => println!("{value}"),
+                None => {
+                    if json {
+                        print_json(&json!({"key": key, "value": null}));
+                    }
+                    return Err(Failure::new(
+                        exit::NOT_FOUND,
+                        format!("key {key:?} not found"),
+                    ));
                 }
-                return Err(Failure::new(
-                    exit::NOT_FOUND,
-                    format!("key {key:?} not found"),
-                ));
-            }
-            if json {
-                print_json(&json!({"key": key, "value": reply.value}));
-            } else {
-                println!("{}", reply.value);
             }
         }
         KvCommand::Cas {
             key,
             expect,
-            expect_absent,
+            expect_absent: _,
             value,
         } => {
-            let request = pb::CasRequest {
-                key: key.clone(),
-                expect_absent,
-                expect: expect.unwrap_or_default(),
-                value,
-                request_id: Some(client.next_request_id().into()),
-            };
-            let reply = client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { KvClient::new(channel).cas(request).await }
-                })
+            let outcome = client
+                .kv_cas(&key, expect.as_deref(), &value)
                 .await
                 .map_err(client_failure)?;
-            let current = join_option(reply.current_found, reply.current.clone());
             if json {
-                print_json(&json!({"key": key, "swapped": reply.swapped, "current": current}));
-            } else if reply.swapped {
+                print_json(
+                    &json!({"key": key, "swapped": outcome.swapped, "current": outcome.current}),
+                );
+            } else if outcome.swapped {
                 println!("OK");
             }
-            if !reply.swapped {
-                let found = match current {
+            if !outcome.swapped {
+                let found = match outcome.current {
                     Some(v) => format!("{v:?}"),
                     None => "absent".to_string(),
                 };
@@ -136,65 +99,28 @@ pub async fn run(command: KvCommand, global: &Global) -> Result<(), Failure> {
             }
         }
         KvCommand::Del { key } => {
-            let request = pb::DeleteRequest {
-                key: key.clone(),
-                request_id: Some(client.next_request_id().into()),
-            };
-            let reply = client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { KvClient::new(channel).delete(request).await }
-                })
-                .await
-                .map_err(client_failure)?;
+            let existed = client.kv_delete(&key).await.map_err(client_failure)?;
             if json {
-                print_json(&json!({"key": key, "existed": reply.existed}));
+                print_json(&json!({"key": key, "existed": existed}));
             } else {
-                println!(
-                    "{}",
-                    if reply.existed {
-                        "OK"
-                    } else {
-                        "OK (did not exist)"
-                    }
-                );
+                println!("{}", if existed { "OK" } else { "OK (did not exist)" });
             }
         }
         KvCommand::List { prefix, stale } => {
-            let mut entries = Vec::new();
-            let mut start_after = String::new();
-            loop {
-                let request = pb::ListRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.clone(),
-                    limit: 0,
-                    stale,
-                };
-                let reply = client
-                    .call(|channel| {
-                        let request = request.clone();
-                        async move { KvClient::new(channel).list(request).await }
-                    })
-                    .await
-                    .map_err(client_failure)?;
-                if let Some(last) = reply.entries.last() {
-                    start_after = last.key.clone();
-                }
-                entries.extend(reply.entries);
-                if !reply.more {
-                    break;
-                }
-            }
+            let entries = client
+                .kv_list(&prefix, stale)
+                .await
+                .map_err(client_failure)?;
             if json {
                 print_json(&serde_json::Value::Array(
                     entries
                         .iter()
-                        .map(|e| json!({"key": e.key, "value": e.value}))
+                        .map(|(k, v)| json!({"key": k, "value": v}))
                         .collect(),
                 ));
             } else {
-                for e in entries {
-                    println!("{}\t{}", e.key, e.value);
+                for (k, v) in entries {
+                    println!("{k}\t{v}");
                 }
             }
         }

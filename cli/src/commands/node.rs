@@ -1,8 +1,6 @@
 //! `paddock node`: cluster members. (Inventory, cordon and drain come with the VM work.)
 
 use clap::Subcommand;
-use paddock_api::pb::cluster_client::ClusterClient;
-use paddock_api::pb::RemoveMemberRequest;
 
 use super::{client_failure, Global};
 use crate::output::Failure;
@@ -17,14 +15,7 @@ pub async fn run(command: NodeCommand, global: &Global) -> Result<(), Failure> {
     match command {
         NodeCommand::Remove { name } => {
             let mut client = global.client()?;
-            let request = RemoveMemberRequest { name: name.clone() };
-            client
-                .call(|channel| {
-                    let request = request.clone();
-                    async move { ClusterClient::new(channel).remove_member(request).await }
-                })
-                .await
-                .map_err(client_failure)?;
+            client.remove_member(&name).await.map_err(client_failure)?;
             println!("removed {name} from the cluster");
         }
     }
