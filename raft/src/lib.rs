@@ -15,7 +15,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +38,6 @@ openraft::declare_raft_types!(
         SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
-
-// Silences the unused import when the macro's defaults change.
-#[allow(dead_code)]
-type _Unused = Cursor<Vec<u8>>;
 
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type NodeId = u64;

@@ -72,8 +72,6 @@ impl SharedState {
 pub struct StateMachine {
     shared: SharedState,
     dir: PathBuf,
-    /// Distinguishes snapshots built at the same log id.
-    snapshot_seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +120,6 @@ impl StateMachine {
         Ok(StateMachine {
             shared,
             dir: dir.to_path_buf(),
-            snapshot_seq: 0,
         })
     }
 
@@ -227,7 +224,6 @@ fn members_of(membership: &StoredMembership) -> Vec<(String, Member)> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.snapshot_seq += 1;
         let temp = temp_path(&self.dir, "build");
         let meta = {
             // Serialized straight to the file under the read lock: no in-memory copy of the
@@ -236,10 +232,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
+                // Unique even for two snapshots at the same index (openraft compares ids).
                 snapshot_id: format!(
-                    "{}-{}",
+                    "{}-{:08x}",
                     applied.last_applied.map_or(0, |l| l.index),
-                    self.snapshot_seq
+                    fastrand::u32(..)
                 ),
             };
             write_snapshot_file(&temp, &meta, &applied.state)
@@ -301,7 +298,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine {
             shared: self.shared.clone(),
             dir: self.dir.clone(),
-            snapshot_seq: self.snapshot_seq + 1_000_000,
         }
     }
 
