@@ -12,6 +12,8 @@ pub enum FaultKind {
     Pause,
     Partition,
     Slow,
+    /// Every node killed at once, all restarted at heal.
+    RestartAll,
 }
 
 impl FaultKind {
@@ -21,8 +23,9 @@ impl FaultKind {
             "pause" => Ok(FaultKind::Pause),
             "partition" => Ok(FaultKind::Partition),
             "slow" => Ok(FaultKind::Slow),
+            "restart-all" => Ok(FaultKind::RestartAll),
             other => Err(format!(
-                "unknown fault {other:?}: use kill, pause, partition, slow"
+                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all"
             )),
         }
     }

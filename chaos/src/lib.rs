@@ -5,8 +5,8 @@
 //! seeded fault schedule with kill, pause, partitions (isolate, isolate the leader,
 //! majority/minority, one-way, bridge) and slow links ([`faults`], [`run`]), the KV register
 //! workload, the history format ([`history`]) and the checkers ([`check`]: linearizability,
-//! lost acknowledged writes, convergence, availability). Not built yet: restarting all nodes
-//! at once, membership changes under load, dropped/reset connections, the CI soak suite.
+//! lost acknowledged writes, convergence, availability), restart-all and lossy (reset)
+//! links. Not built yet: membership changes under load, the VM workload.
 
 pub mod check;
 pub mod faults;

@@ -31,7 +31,7 @@ enum Command {
         duration: Duration,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Comma-separated: kill, pause, partition, slow.
+        /// Comma-separated: kill, pause, partition, slow (delays or resets), restart-all.
         #[arg(
             long,
             value_delimiter = ',',

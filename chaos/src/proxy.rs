@@ -19,6 +19,10 @@ pub enum LinkMode {
         delay_ms: u64,
         jitter_ms: u64,
     },
+    /// Each chunk resets its connection with probability `reset_per_mille` / 1000.
+    Flaky {
+        reset_per_mille: u32,
+    },
 }
 
 /// One directed link's proxy.
@@ -141,6 +145,11 @@ async fn pump(
                     0
                 };
                 tokio::time::sleep(Duration::from_millis(delay_ms + jitter)).await;
+            }
+            LinkMode::Flaky { reset_per_mille } => {
+                if fastrand::u32(0..1000) < reset_per_mille {
+                    return;
+                }
             }
             LinkMode::Pass => {}
         }

@@ -206,6 +206,25 @@ async fn apply_fault(
             recorder.fault(json!({"fault": "pause", "action": "start", "nodes": [name]}));
             Healing::Resume(target)
         }
+        FaultKind::RestartAll => {
+            for i in 0..n {
+                cluster.kill(i);
+            }
+            recorder.fault(json!({"fault": "restart-all", "action": "start"}));
+            Healing::Everything
+        }
+        FaultKind::Slow if (fault.pick >> 24) % 2 == 1 => {
+            // Lossy: the node's connections are reset now and then.
+            for ((from, to), proxy) in proxies {
+                if *from == target || *to == target {
+                    proxy.set(LinkMode::Flaky {
+                        reset_per_mille: 50,
+                    });
+                }
+            }
+            recorder.fault(json!({"fault": "lossy", "action": "start", "nodes": [name], "reset_per_mille": 50}));
+            Healing::Links
+        }
         FaultKind::Slow => {
             let delay = 20 + (fault.pick >> 8) % 180;
             for ((from, to), proxy) in proxies {
@@ -327,6 +346,7 @@ fn heal(
                     let _ = cluster.start(i);
                 }
             }
+            recorder.fault(json!({"fault": "all", "action": "end"}));
         }
     }
 }
