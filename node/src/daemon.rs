@@ -60,15 +60,7 @@ pub async fn run(
         );
     }
     if let (None, Bootstrap::Peers(peers)) = (&stored, &config.bootstrap) {
-        let id = identity::cluster_id_for_peers(peers);
-        identity::store(
-            &config.data_dir,
-            &Identity {
-                cluster_id: id.clone(),
-                node_name: config.name.clone(),
-            },
-        )?;
-        let _ = cluster_id.set(id);
+        remember_cluster(&config, &cluster_id, identity::cluster_id_for_peers(peers))?;
     }
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
@@ -190,16 +182,7 @@ pub async fn run(
                 () = wait_for(&shutdown) => Err(anyhow::anyhow!("shut down before the join completed")),
             };
             match joined {
-                Ok(id) => {
-                    identity::store(
-                        &config.data_dir,
-                        &Identity {
-                            cluster_id: id.clone(),
-                            node_name: config.name.clone(),
-                        },
-                    )?;
-                    let _ = cluster_id.set(id);
-                }
+                Ok(id) => remember_cluster(&config, &cluster_id, id)?,
                 Err(e) => {
                     let _ = raft.shutdown().await;
                     return Err(e);
@@ -234,6 +217,23 @@ fn without_nagle(
         }
         stream
     })
+}
+
+/// Stores the data dir's identity once this node belongs to cluster `id`, and serves that id.
+fn remember_cluster(
+    config: &NodeConfig,
+    served: &OnceLock<String>,
+    id: String,
+) -> anyhow::Result<()> {
+    identity::store(
+        &config.data_dir,
+        &Identity {
+            cluster_id: id.clone(),
+            node_name: config.name.clone(),
+        },
+    )?;
+    let _ = served.set(id);
+    Ok(())
 }
 
 /// A node that already belongs to a cluster and is started with `--join` must be pointed at a
