@@ -104,11 +104,6 @@ impl Client {
         id
     }
 
-    /// The endpoint that answered the last call (or will be tried first).
-    pub fn current_endpoint(&self) -> &str {
-        &self.endpoints[self.current]
-    }
-
     /// Runs `call` against the endpoints until one answers or the deadline passes. `call` gets
     /// a channel and must be safe to repeat (reads, or writes carrying a request id).
     ///

@@ -27,8 +27,6 @@ pub enum LinkMode {
 
 /// One directed link's proxy.
 pub struct LinkProxy {
-    pub from: String,
-    pub to: String,
     pub address: String,
     mode: Arc<Mutex<LinkMode>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -37,7 +35,7 @@ pub struct LinkProxy {
 
 impl LinkProxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `target`.
-    pub async fn start(from: &str, to: &str, target: String) -> std::io::Result<LinkProxy> {
+    pub async fn start(target: String) -> std::io::Result<LinkProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let mode = Arc::new(Mutex::new(LinkMode::Pass));
@@ -49,8 +47,6 @@ impl LinkProxy {
             connections.clone(),
         ));
         Ok(LinkProxy {
-            from: from.to_string(),
-            to: to.to_string(),
             address,
             mode,
             connections,
@@ -70,10 +66,6 @@ impl LinkProxy {
                 }
             }
         }
-    }
-
-    pub fn mode(&self) -> LinkMode {
-        self.mode.lock().map_or(LinkMode::Pass, |m| *m)
     }
 }
 

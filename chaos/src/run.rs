@@ -87,12 +87,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
     for i in 0..config.nodes {
         for j in 0..config.nodes {
             if i != j {
-                let proxy = LinkProxy::start(
-                    &cluster.nodes[i].name,
-                    &cluster.nodes[j].name,
-                    cluster.nodes[j].address.clone(),
-                )
-                .await?;
+                let proxy = LinkProxy::start(cluster.nodes[j].address.clone()).await?;
                 proxies.insert((i, j), proxy);
             }
         }

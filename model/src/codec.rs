@@ -5,8 +5,6 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::state::ClusterState;
-
 /// Format version written in front of every log entry and snapshot.
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -34,14 +32,6 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         return Err(CodecError::UnknownVersion { found: version });
     }
     postcard::from_bytes(body).map_err(CodecError::Postcard)
-}
-
-pub fn encode_snapshot_state(state: &ClusterState) -> Result<Vec<u8>, CodecError> {
-    encode(state)
-}
-
-pub fn decode_snapshot_state(bytes: &[u8]) -> Result<ClusterState, CodecError> {
-    decode(bytes)
 }
 
 #[cfg(test)]

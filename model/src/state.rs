@@ -44,15 +44,6 @@ pub enum MemberRole {
     Learner,
 }
 
-impl MemberRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Voter => "voter",
-            MemberRole::Learner => "learner",
-        }
-    }
-}
-
 /// The recorded last write of one client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -317,8 +308,8 @@ mod tests {
                 at += step;
                 let p = proposal(at, requests);
                 prop_assert_eq!(a.apply(&p), b.apply(&p));
-                let bytes = crate::codec::encode_snapshot_state(&b).expect("encode");
-                b = crate::codec::decode_snapshot_state(&bytes).expect("decode");
+                let bytes = crate::codec::encode(&b).expect("encode");
+                b = crate::codec::decode(&bytes).expect("decode");
             }
             prop_assert_eq!(a.digest(), b.digest());
             prop_assert_eq!(a, b);

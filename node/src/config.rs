@@ -222,12 +222,18 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
-        let routes = if flags.routes.is_empty() {
-            file.routes.unwrap_or_default()
+        // The file's table and the flags go through the same checks.
+        let routes_text = if flags.routes.is_empty() {
+            file.routes
+                .unwrap_or_default()
+                .iter()
+                .map(|(name, address)| format!("{name}={address}"))
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
-            parse_peers(&flags.routes.join(","))
-                .map_err(|e| invalid(e.to_string().replace("--peers", "--route")))?
+            flags.routes.join(",")
         };
+        let routes = parse_named_addresses("--route", &routes_text)?;
         let storage = flags
             .storage
             .or(file.storage)
@@ -314,24 +320,9 @@ fn parse_addr_like(flag: &str, text: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Parses `n1=h:p,n2=h:p`.
+/// Parses `n1=h:p,n2=h:p`: the initial members.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
-    let mut peers = BTreeMap::new();
-    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (name, address) = item.split_once('=').ok_or_else(|| {
-            invalid(format!(
-                "--peers entry {item:?} is not NAME=HOST:PORT; expected e.g. n1=127.0.0.1:7001,n2=127.0.0.1:7002"
-            ))
-        })?;
-        paddock_model::ids::validate_node_name(name).map_err(invalid)?;
-        parse_addr_like("--peers", address)?;
-        if peers
-            .insert(name.to_string(), address.to_string())
-            .is_some()
-        {
-            return Err(invalid(format!("--peers names {name} twice")));
-        }
-    }
+    let peers = parse_named_addresses("--peers", text)?;
     if peers.is_empty() {
         return Err(invalid(
             "--peers is empty; give every initial member as NAME=HOST:PORT",
@@ -343,6 +334,27 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<String, String>, ConfigError> 
         return Err(invalid("--peers gives two nodes the same address"));
     }
     Ok(peers)
+}
+
+/// Parses `NAME=HOST:PORT` items separated by commas; `flag` names the source in errors.
+fn parse_named_addresses(flag: &str, text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut parsed = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, address) = item.split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "{flag} entry {item:?} is not NAME=HOST:PORT; expected e.g. n1=127.0.0.1:7001,n2=127.0.0.1:7002"
+            ))
+        })?;
+        paddock_model::ids::validate_node_name(name).map_err(invalid)?;
+        parse_addr_like(flag, address)?;
+        if parsed
+            .insert(name.to_string(), address.to_string())
+            .is_some()
+        {
+            return Err(invalid(format!("{flag} names {name} twice")));
+        }
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -418,6 +430,10 @@ mod tests {
             (
                 &["--listen", "127.0.0.1:7001", "--join", "x"],
                 "not host:port",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--route", "n2"],
+                "--route entry \"n2\" is not NAME=HOST:PORT",
             ),
         ];
         for (args, expected) in cases {

@@ -71,7 +71,7 @@ pub async fn run(
     })?;
     let http_listener =
         match config.http {
-            Some(address) => Some(http::bind(address).await.with_context(|| {
+            Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
                 format!("cannot listen on --http {address}; pick another address")
             })?),
             None => None,

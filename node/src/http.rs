@@ -3,7 +3,6 @@
 //! and without cluster data; everything else goes through gRPC with mutual TLS.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -46,10 +45,6 @@ pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch:
                 .await;
         });
     }
-}
-
-pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(address).await
 }
 
 fn respond<B>(state: &HttpState, request: &Request<B>) -> Response<Full<Bytes>> {

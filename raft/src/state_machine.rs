@@ -16,7 +16,6 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use paddock_model::codec::FORMAT_VERSION;
 use paddock_model::{ClusterState, Member, MemberRole, Outcome};
-use tokio::sync::watch;
 
 use crate::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -29,20 +28,9 @@ pub struct Applied {
 }
 
 /// The applied state, shared between the state machine (writer) and the API (readers).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SharedState {
     inner: Arc<RwLock<Applied>>,
-    /// Last applied index, for waiters (a follower read waiting to catch up).
-    applied_index: watch::Sender<u64>,
-}
-
-impl Default for SharedState {
-    fn default() -> Self {
-        SharedState {
-            inner: Arc::default(),
-            applied_index: watch::Sender::new(0),
-        }
-    }
 }
 
 impl SharedState {
@@ -57,15 +45,6 @@ impl SharedState {
         self.inner
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub fn watch_applied(&self) -> watch::Receiver<u64> {
-        self.applied_index.subscribe()
-    }
-
-    fn publish_applied(&self, index: Option<LogId>) {
-        self.applied_index
-            .send_replace(index.map_or(0, |l| l.index));
     }
 }
 
@@ -115,7 +94,6 @@ impl StateMachine {
             applied.state = state;
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
-            shared.publish_applied(meta.last_log_id);
         }
         Ok(StateMachine {
             shared,
@@ -271,7 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
-        let last = {
+        {
             let mut applied = self.shared.write();
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
@@ -288,9 +266,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            applied.last_applied
-        };
-        self.shared.publish_applied(last);
+        }
         Ok(responses)
     }
 
@@ -321,37 +297,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        use tokio::io::AsyncSeekExt;
         let signature = Some(meta.signature());
-        let mut bytes = Vec::new();
+        let write_err = |e: std::io::Error| StorageIOError::write_snapshot(signature.clone(), &e);
+        // Copy the received bytes under a temporary name, check they decode, then make that
+        // file the current snapshot: one pass over the data, no copy of it in memory.
+        let temp = temp_path(&self.dir, "install");
         snapshot
             .seek(std::io::SeekFrom::Start(0))
             .await
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        snapshot
-            .read_to_end(&mut bytes)
+            .map_err(write_err)?;
+        let mut file = tokio::fs::File::create(&temp).await.map_err(write_err)?;
+        tokio::io::copy(&mut snapshot, &mut file)
             .await
-            .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        let temp = temp_path(&self.dir, "install");
-        std::fs::write(&temp, &bytes)
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        drop(bytes);
+            .map_err(write_err)?;
+        file.sync_all().await.map_err(write_err)?;
+        drop(file);
         let (_, state) = read_snapshot_file(&temp)
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), &e))?;
-        std::fs::File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| std::fs::rename(&temp, current_path(&self.dir)))
+        std::fs::rename(&temp, current_path(&self.dir))
             .and_then(|()| sync_dir(&self.dir))
-            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        {
-            let mut applied = self.shared.write();
-            applied.state = state;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership.clone();
-            let members = members_of(&applied.membership);
-            applied.state.set_members(members);
-        }
-        self.shared.publish_applied(meta.last_log_id);
+            .map_err(write_err)?;
+        let mut applied = self.shared.write();
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.membership = meta.last_membership.clone();
+        let members = members_of(&applied.membership);
+        applied.state.set_members(members);
         Ok(())
     }
 

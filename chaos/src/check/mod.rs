@@ -92,7 +92,7 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
                 .push(format!("{key}: gave up after {steps} steps")),
         }
     }
-    let lost_writes = lost_writes(&by_key, &events);
+    let lost_writes = lost_writes(&by_key);
     let converged = !nodes.is_empty()
         && nodes.windows(2).all(|w| {
             w[0].applied_index == w[1].applied_index && w[0].state_digest == w[1].state_digest
@@ -114,10 +114,7 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
 
 /// The final read of each key (processes from [`FINAL_READERS`]) must see the last acknowledged write
 /// or one that may have been applied after it.
-pub fn lost_writes(
-    by_key: &BTreeMap<String, Vec<Operation>>,
-    _events: &[history::Event],
-) -> Vec<String> {
+pub fn lost_writes(by_key: &BTreeMap<String, Vec<Operation>>) -> Vec<String> {
     let mut lost = Vec::new();
     for (key, ops) in by_key {
         let Some(final_read) = ops

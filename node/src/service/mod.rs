@@ -21,11 +21,33 @@ fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     let leaf = certs.first().ok_or_else(|| {
         Status::unauthenticated("a client certificate of the cluster CA is required")
     })?;
-    peer_identity(leaf).ok_or_else(|| {
+    identity_of(leaf).ok_or_else(|| {
         Status::permission_denied(
             "the client certificate has no Paddock name and role; issue one with `paddock certs client NAME --role ROLE`",
         )
     })
+}
+
+/// Parsing the certificate on every request shows in profiles; a caller presents the same
+/// certificate on every request of its connection, so identities are kept by certificate.
+fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    /// Bound on remembered certificates; the cache is simply emptied when full.
+    const MAX_CACHED: usize = 1024;
+    static KNOWN: OnceLock<Mutex<HashMap<Vec<u8>, Option<PeerIdentity>>>> = OnceLock::new();
+    let known = KNOWN.get_or_init(Mutex::default);
+    if let Some(found) = known.lock().ok().and_then(|k| k.get(der).cloned()) {
+        return found;
+    }
+    let parsed = peer_identity(der);
+    if let Ok(mut k) = known.lock() {
+        if k.len() >= MAX_CACHED {
+            k.clear();
+        }
+        k.insert(der.to_vec(), parsed.clone());
+    }
+    parsed
 }
 
 /// Only cluster members may speak Raft or forward requests.
