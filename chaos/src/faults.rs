@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     Kill,
     Pause,
@@ -14,9 +14,21 @@ pub enum FaultKind {
     Slow,
     /// Every node killed at once, all restarted at heal.
     RestartAll,
+    /// A node removed from the cluster under load, wiped, and joined again at heal.
+    Membership,
 }
 
 impl FaultKind {
+    /// Every kind, in the order `--faults all` draws from.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Slow,
+        FaultKind::RestartAll,
+        FaultKind::Membership,
+    ];
+
     pub fn parse(text: &str) -> Result<FaultKind, String> {
         match text {
             "kill" => Ok(FaultKind::Kill),
@@ -24,8 +36,9 @@ impl FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "slow" => Ok(FaultKind::Slow),
             "restart-all" => Ok(FaultKind::RestartAll),
+            "membership" => Ok(FaultKind::Membership),
             other => Err(format!(
-                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all"
+                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all, membership"
             )),
         }
     }

@@ -6,10 +6,12 @@
 //! majority/minority, one-way, bridge) and slow links ([`faults`], [`run`]), the KV register
 //! workload, the history format ([`history`]) and the checkers ([`check`]: linearizability,
 //! lost acknowledged writes, convergence, availability), restart-all and lossy (reset)
-//! links. Not built yet: membership changes under load, the VM workload.
+//! links, membership changes under load (remove a node, wipe it, join it again). Not built
+//! yet: the VM workload.
 
 pub mod check;
 pub mod faults;
 pub mod history;
 pub mod proxy;
 pub mod run;
+pub mod soak;

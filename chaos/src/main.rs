@@ -31,7 +31,8 @@ enum Command {
         duration: Duration,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Comma-separated: kill, pause, partition, slow (delays or resets), restart-all.
+        /// Comma-separated: kill, pause, partition, slow (delays or resets), restart-all,
+        /// membership (remove a node under load, wipe it, join it again); `all` for every kind.
         #[arg(
             long,
             value_delimiter = ',',
@@ -49,6 +50,28 @@ enum Command {
     },
     /// Re-run the checkers on a saved run directory.
     Check { dir: PathBuf },
+    /// Many runs, one seed after another (each a `run` in its own process); one CSV line per
+    /// run in DIR/soak.csv and the totals in DIR/soak.txt. Exits 0 only if every run passed.
+    Soak {
+        /// First seed.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last seed (inclusive).
+        #[arg(long, default_value_t = 100)]
+        to: u64,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        #[arg(long, default_value = "all")]
+        faults: String,
+        /// Keep the data dirs, logs and history of passed runs too (failed runs always keep
+        /// everything).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,11 +109,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             out,
         } => {
             anyhow::ensure!(matches!(nodes, 3 | 5 | 7), "--nodes must be 3, 5 or 7");
-            let faults = faults
-                .iter()
-                .map(|f| FaultKind::parse(f))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
+            let faults = parse_faults(&faults)?;
             let config = RunConfig {
                 nodes,
                 duration,
@@ -111,7 +130,41 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let report = check_dir(&dir, &windows)?;
             finish(&dir, &report)
         }
+        Command::Soak {
+            from,
+            to,
+            nodes,
+            duration,
+            faults,
+            keep,
+            out,
+        } => {
+            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+            parse_faults(std::slice::from_ref(&faults))?;
+            paddock_chaos::soak::soak(&paddock_chaos::soak::SoakConfig {
+                seeds: from..=to,
+                nodes,
+                duration,
+                faults,
+                keep,
+                out,
+            })
+        }
     }
+}
+
+/// Fault names from `--faults` (comma-separated, `all` for every kind).
+fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
+    let mut kinds = Vec::new();
+    for name in names.iter().flat_map(|n| n.split(',')) {
+        if name == "all" {
+            kinds.extend(FaultKind::ALL);
+        } else {
+            kinds.push(FaultKind::parse(name).map_err(anyhow::Error::msg)?);
+        }
+    }
+    kinds.dedup();
+    Ok(kinds)
 }
 
 fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {

@@ -171,6 +171,10 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
 enum Healing {
     Restart(usize),
     Resume(usize),
+    /// A removed node starts again, fresh, with `--join`.
+    Rejoin(usize),
+    /// Nothing to undo (a fault that could not be applied).
+    Nothing,
     Links,
     Everything,
 }
@@ -208,6 +212,7 @@ async fn apply_fault(
             recorder.fault(json!({"fault": "restart-all", "action": "start"}));
             Healing::Everything
         }
+        FaultKind::Membership => remove_member(cluster, target, recorder).await,
         FaultKind::Slow if (fault.pick >> 24) % 2 == 1 => {
             // Lossy: the node's connections are reset now and then.
             for ((from, to), proxy) in proxies {
@@ -298,6 +303,49 @@ fn partition(
     }
 }
 
+/// Removes node `target` from the cluster (a voter, or the leader itself), then stops it once
+/// the cluster no longer lists it. If the removal cannot be confirmed the node is left alone.
+async fn remove_member(cluster: &mut LocalCluster, target: usize, recorder: &Recorder) -> Healing {
+    let name = cluster.nodes[target].name.clone();
+    let removal = match cluster.client(Duration::from_secs(5)) {
+        Ok(mut client) => client.remove_member(&name).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    // The call's outcome may be unknown (timeout): ask the cluster whether it still lists the node.
+    let started = Instant::now();
+    let removed = loop {
+        let mut listed = None;
+        for i in (0..cluster.nodes.len()).filter(|i| *i != target) {
+            if let Ok(status) = cluster.status_of(i).await {
+                if !status.leader.is_empty()
+                    && status.leader != name
+                    && status.leader == status.node
+                {
+                    listed = Some(status.members.iter().any(|m| m.name == name));
+                    break;
+                }
+            }
+        }
+        match listed {
+            Some(false) => break true,
+            Some(true) if removal.is_err() && started.elapsed() > Duration::from_secs(3) => {
+                break false
+            }
+            _ if started.elapsed() > Duration::from_secs(10) => break false,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    if !removed {
+        recorder.fault(json!({"fault": "membership", "action": "skipped", "nodes": [name], "error": removal.err()}));
+        return Healing::Nothing;
+    }
+    cluster.kill(target);
+    recorder.fault(
+        json!({"fault": "membership", "action": "start", "nodes": [name], "change": "remove"}),
+    );
+    Healing::Rejoin(target)
+}
+
 fn signal(cluster: &LocalCluster, i: usize, signal: rustix::process::Signal) {
     if let Some(child) = &cluster.nodes[i].child {
         if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
@@ -325,6 +373,16 @@ fn heal(
                 json!({"fault": "pause", "action": "end", "nodes": [cluster.nodes[*i].name]}),
             );
         }
+        Healing::Rejoin(i) => {
+            let via = (*i + 1) % cluster.nodes.len();
+            let name = cluster.nodes[*i].name.clone();
+            let outcome = cluster
+                .reset_to_join(*i, via)
+                .and_then(|()| cluster.start(*i));
+            let error = outcome.err().map(|e| format!("{e:#}"));
+            recorder.fault(json!({"fault": "membership", "action": "end", "nodes": [name], "join_via": cluster.nodes[via].name, "error": error}));
+        }
+        Healing::Nothing => {}
         Healing::Links => {
             for proxy in proxies.values() {
                 proxy.set(LinkMode::Pass);

@@ -183,6 +183,26 @@ impl LocalCluster {
         )
     }
 
+    /// Turns stopped node `i` into a fresh node that joins through node `via`: its data dir is
+    /// wiped (it must have been removed from the cluster first) and its next start uses
+    /// `--join`.
+    pub fn reset_to_join(&mut self, i: usize, via: usize) -> anyhow::Result<()> {
+        if self.nodes[i].child.is_some() {
+            bail!(
+                "node {} still runs; stop it before wiping its data",
+                self.nodes[i].name
+            );
+        }
+        let via = self.nodes[via].address.clone();
+        let node = &mut self.nodes[i];
+        if node.data_dir.exists() {
+            std::fs::remove_dir_all(&node.data_dir)
+                .with_context(|| format!("cannot wipe {}", node.data_dir.display()))?;
+        }
+        node.bootstrap = vec!["--join".into(), via];
+        Ok(())
+    }
+
     /// Starts node `i` (no-op if it runs).
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];

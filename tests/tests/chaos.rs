@@ -11,7 +11,11 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
     let out = tempfile::Builder::new()
         .prefix("paddock-chaos-")
         .tempdir()?;
-    for seed in [1, 2] {
+    // The second run draws from every fault kind, membership changes and restart-all included.
+    for (seed, faults) in [
+        (1, "kill,pause,partition,slow"),
+        (2, "kill,pause,partition,slow,restart-all,membership"),
+    ] {
         let dir = out.path().join(format!("seed-{seed}"));
         let output = Command::new(binaries().join("paddock-chaos"))
             .args([
@@ -22,6 +26,8 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
                 "15s",
                 "--seed",
                 &seed.to_string(),
+                "--faults",
+                faults,
                 "--out",
             ])
             .arg(&dir)
