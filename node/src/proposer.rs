@@ -73,6 +73,9 @@ pub struct Proposer {
     /// Channels to other nodes by address, reused across forwards.
     peers: Mutex<HashMap<String, Channel>>,
     metrics: Arc<NodeMetrics>,
+    /// (term, last log index) when this process first served a read as leader of that term:
+    /// see [`Proposer::read_floor`].
+    read_floor: Mutex<Option<(u64, u64)>>,
 }
 
 impl Proposer {
@@ -95,7 +98,33 @@ impl Proposer {
             routes,
             peers: Mutex::default(),
             metrics,
+            read_floor: Mutex::default(),
         })
+    }
+
+    /// The log index a leader must have applied before its first linearizable read in a term.
+    ///
+    /// openraft's read index is `max(first entry of this leader's term, commit index)`. That is
+    /// only right while the leader knows the true commit index. A leader restored at startup
+    /// (openraft brings a node back as leader at once when it restarts with a committed vote
+    /// for itself) knows only the commit index it last persisted, which can be older than what
+    /// clients were already told; it would answer reads from a state missing acknowledged
+    /// writes. Every committed entry is in the leader's log (leader completeness), so having
+    /// applied up to the leader's last log index at its first read in a term is enough; reads
+    /// after that are covered by the commit index this process has seen advance itself.
+    fn read_floor(&self) -> u64 {
+        let metrics = self.raft.metrics().borrow().clone();
+        let Ok(mut floor) = self.read_floor.lock() else {
+            return metrics.last_log_index.unwrap_or(0);
+        };
+        match *floor {
+            Some((term, index)) if term == metrics.current_term => index,
+            _ => {
+                let index = metrics.last_log_index.unwrap_or(0);
+                *floor = Some((metrics.current_term, index));
+                index
+            }
+        }
     }
 
     /// The leader as this node knows it: its id and address.
@@ -225,11 +254,24 @@ impl Proposer {
                 }
             }
             ForwardRequest::Read(query) => {
-                match tokio::time::timeout(REQUEST_DEADLINE, self.raft.ensure_linearizable()).await
-                {
-                    Ok(Ok(_)) => Ok(ForwardReply::Read(self.shared.read().state.query(&query))),
-                    Ok(Err(RaftError::Fatal(_))) => Err(ProposeError::ShuttingDown),
-                    Ok(Err(_)) => Err(ProposeError::NotLeader),
+                let floor = self.read_floor();
+                let confirmed = async {
+                    let read_index = self.raft.ensure_linearizable().await.map_err(|e| match e {
+                        RaftError::Fatal(_) => ProposeError::ShuttingDown,
+                        RaftError::APIError(_) => ProposeError::NotLeader,
+                    })?;
+                    if read_index.map_or(0, |id| id.index) < floor {
+                        self.raft
+                            .wait(None)
+                            .applied_index_at_least(Some(floor), "read floor")
+                            .await
+                            .map_err(|_| ProposeError::ShuttingDown)?;
+                    }
+                    Ok(())
+                };
+                match tokio::time::timeout(REQUEST_DEADLINE, confirmed).await {
+                    Ok(Ok(())) => Ok(ForwardReply::Read(self.shared.read().state.query(&query))),
+                    Ok(Err(e)) => Err(e),
                     Err(_) => Err(ProposeError::Unavailable(REQUEST_DEADLINE)),
                 }
             }
