@@ -13,7 +13,10 @@ use paddock_model::RequestId;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use crate::pb::{self, cluster_client::ClusterClient, kv_client::KvClient};
+use crate::pb::{
+    self, cluster_client::ClusterClient, kv_client::KvClient, nodes_client::NodesClient,
+    settings_client::SettingsClient, vms_client::VmsClient,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -330,6 +333,142 @@ impl Client {
         self.call(|channel| {
             let request = request.clone();
             async move { ClusterClient::new(channel).remove_member(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every node of the inventory.
+    pub async fn node_list(&mut self, stale: bool) -> Result<Vec<pb::NodeInfo>, ClientError> {
+        let request = pb::NodeListRequest { stale };
+        let reply = self
+            .call(|channel| async move { NodesClient::new(channel).list(request).await })
+            .await?;
+        Ok(reply.nodes)
+    }
+
+    pub async fn node_cordon(&mut self, name: &str, cordoned: bool) -> Result<(), ClientError> {
+        let request = pb::CordonRequest {
+            name: name.to_string(),
+            cordoned,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { NodesClient::new(channel).cordon(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn vm_create(
+        &mut self,
+        name: &str,
+        spec: pb::VmSpec,
+        stopped: bool,
+    ) -> Result<(), ClientError> {
+        let request = pb::VmCreateRequest {
+            name: name.to_string(),
+            spec: Some(spec),
+            stopped,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).create(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every VM, paging through the server's limit.
+    pub async fn vm_list(&mut self, stale: bool) -> Result<Vec<pb::VmSummary>, ClientError> {
+        let mut vms = Vec::new();
+        let mut start_after = String::new();
+        loop {
+            let request = pb::VmListRequest {
+                start_after: start_after.clone(),
+                limit: 0,
+                stale,
+            };
+            let reply = self
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { VmsClient::new(channel).list(request).await }
+                })
+                .await?;
+            if let Some(last) = reply.vms.last() {
+                start_after = last.name.clone();
+            }
+            vms.extend(reply.vms);
+            if !reply.more {
+                return Ok(vms);
+            }
+        }
+    }
+
+    pub async fn vm_get(&mut self, name: &str, stale: bool) -> Result<pb::VmDetail, ClientError> {
+        let request = pb::VmGetRequest {
+            name: name.to_string(),
+            stale,
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).get(request).await }
+        })
+        .await
+    }
+
+    /// Start (`running`) or stop a VM.
+    pub async fn vm_set_desired(&mut self, name: &str, running: bool) -> Result<(), ClientError> {
+        let request = pb::VmSetDesiredRequest {
+            name: name.to_string(),
+            running,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).set_desired(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn vm_delete(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::VmDeleteRequest {
+            name: name.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).delete(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn settings(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let reply = self
+            .call(|channel| async move {
+                SettingsClient::new(channel)
+                    .list(pb::SettingsListRequest {})
+                    .await
+            })
+            .await?;
+        Ok(reply.settings.into_iter().collect())
+    }
+
+    pub async fn setting_set(&mut self, key: &str, value: &str) -> Result<(), ClientError> {
+        let request = pb::SettingSetRequest {
+            key: key.to_string(),
+            value: value.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { SettingsClient::new(channel).set(request).await }
         })
         .await
         .map(|_| ())

@@ -1,6 +1,7 @@
 //! Conversions between protobuf messages and model types.
 
-use paddock_model::{Command, RequestId};
+use paddock_model::vm::{Constraints, Disk};
+use paddock_model::{Command, RequestId, Vm, VmSpec};
 
 use crate::pb;
 
@@ -60,4 +61,94 @@ pub fn split_option(value: Option<String>) -> (bool, String) {
 /// The inverse of [`split_option`].
 pub fn join_option(found: bool, value: String) -> Option<String> {
     found.then_some(value)
+}
+
+/// Empty string ⇄ absent, for optional proto3 strings.
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+impl From<&pb::VmSpec> for VmSpec {
+    fn from(spec: &pb::VmSpec) -> Self {
+        VmSpec {
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| Disk {
+                    size_mib: d.size_mib,
+                    image: non_empty(&d.image),
+                })
+                .collect(),
+            labels: spec.labels.clone().into_iter().collect(),
+            ha: spec.ha,
+            priority: u16::try_from(spec.priority).unwrap_or(u16::MAX),
+            constraints: Constraints {
+                node_selector: spec.node_selector.clone().into_iter().collect(),
+                anti_affinity: non_empty(&spec.anti_affinity),
+                affinity: non_empty(&spec.affinity),
+                prefer: spec.prefer.clone(),
+            },
+        }
+    }
+}
+
+impl From<&VmSpec> for pb::VmSpec {
+    fn from(spec: &VmSpec) -> Self {
+        pb::VmSpec {
+            cpus: spec.cpus,
+            memory_mib: spec.memory_mib,
+            disks: spec
+                .disks
+                .iter()
+                .map(|d| pb::Disk {
+                    size_mib: d.size_mib,
+                    image: d.image.clone().unwrap_or_default(),
+                })
+                .collect(),
+            labels: spec.labels.clone().into_iter().collect(),
+            ha: spec.ha,
+            priority: u32::from(spec.priority),
+            node_selector: spec.constraints.node_selector.clone().into_iter().collect(),
+            anti_affinity: spec.constraints.anti_affinity.clone().unwrap_or_default(),
+            affinity: spec.constraints.affinity.clone().unwrap_or_default(),
+            prefer: spec.constraints.prefer.clone(),
+        }
+    }
+}
+
+impl From<&Vm> for pb::VmSummary {
+    fn from(vm: &Vm) -> Self {
+        pb::VmSummary {
+            name: vm.name.clone(),
+            node: vm.node().unwrap_or_default().to_string(),
+            state: vm.observed.name().to_string(),
+            desired: vm.desired.name().to_string(),
+            cpus: vm.spec.cpus,
+            memory_mib: vm.spec.memory_mib,
+            ha: vm.spec.ha,
+            epoch: vm.assignment.as_ref().map(|a| a.epoch).unwrap_or(0),
+        }
+    }
+}
+
+impl From<&Vm> for pb::VmDetail {
+    fn from(vm: &Vm) -> Self {
+        pb::VmDetail {
+            summary: Some(vm.into()),
+            spec: Some((&vm.spec).into()),
+            reason: vm.reason.clone().unwrap_or_default(),
+            waiting: vm.waiting.clone().unwrap_or_default(),
+            events: vm
+                .events
+                .iter()
+                .map(|e| pb::VmEvent {
+                    at_ms: e.at_ms,
+                    message: e.message.clone(),
+                })
+                .collect(),
+            created_ms: vm.created_ms,
+        }
+    }
 }

@@ -346,12 +346,9 @@ async fn remove_member(cluster: &mut LocalCluster, target: usize, recorder: &Rec
     Healing::Rejoin(target)
 }
 
+/// Signals a whole host: its paddockd and its VMs.
 fn signal(cluster: &LocalCluster, i: usize, signal: rustix::process::Signal) {
-    if let Some(child) = &cluster.nodes[i].child {
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, signal);
-        }
-    }
+    cluster.signal_host(i, signal);
 }
 
 fn heal(

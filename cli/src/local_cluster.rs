@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -230,6 +231,9 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // Each node is a "host": its own process group, so its VMs (memvm guest processes)
+            // die with it on kill -9 and stop with it on SIGSTOP.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {}", self.paddockd.display()))?;
         node.child = Some(child);
@@ -240,11 +244,28 @@ impl LocalCluster {
         (0..self.nodes.len()).try_for_each(|i| self.start(i))
     }
 
-    /// `kill -9` node `i` and reap it.
+    /// `kill -9` node `i` with its VMs (the whole host dies) and reap it.
     pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            signal_group(&child, rustix::process::Signal::KILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `kill -9` only node `i`'s paddockd: its VMs keep running, as when the daemon crashes
+    /// on a real host.
+    pub fn kill_daemon(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` to node `i`'s whole process group (paddockd and its VMs).
+    pub fn signal_host(&self, i: usize, signal: rustix::process::Signal) {
+        if let Some(child) = &self.nodes[i].child {
+            signal_group(child, signal);
         }
     }
 
@@ -331,11 +352,27 @@ impl LocalCluster {
         }
     }
 
-    /// Stops every node: SIGTERM, then kill after a grace period.
+    /// Stops every node: SIGTERM, then kill after a grace period; then their VMs.
     pub fn stop_all(&mut self) {
         for i in 0..self.nodes.len() {
+            let group = self.nodes[i].child.as_ref().map(|c| c.id());
             self.terminate(i, Duration::from_secs(5));
+            if let Some(group) = group {
+                kill_group(group, rustix::process::Signal::KILL);
+            }
         }
+    }
+}
+
+/// Signals the process group led by `child` (every node runs in its own group).
+fn signal_group(child: &Child, signal: rustix::process::Signal) {
+    kill_group(child.id(), signal);
+}
+
+/// Signals process group `group`.
+pub fn kill_group(group: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(group as i32) {
+        let _ = rustix::process::kill_process_group(pid, signal);
     }
 }
 
@@ -343,6 +380,7 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
+                signal_group(&child, rustix::process::Signal::KILL);
                 let _ = child.kill();
                 let _ = child.wait();
             }

@@ -48,9 +48,12 @@ enum Command {
     /// The cluster key/value space.
     #[command(subcommand)]
     Kv(KvCommand),
-    /// Cluster members.
+    /// Nodes: inventory, cordon, membership.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(paddock_cli::commands::vm::VmCommand),
     /// A local cluster on this machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Cluster(c) => commands::cluster::run(c, &global).await,
             Command::Kv(c) => commands::kv::run(c, &global).await,
             Command::Node(c) => commands::node::run(c, &global).await,
+            Command::Vm(c) => commands::vm::run(c, &global).await,
             Command::Dev(c) => commands::dev::run(c).await,
             Command::Bench(c) => paddock_cli::bench::run(c).await,
         }

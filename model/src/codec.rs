@@ -6,7 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Format version written in front of every log entry and snapshot.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2 added nodes, VMs and settings to the state.
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

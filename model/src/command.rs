@@ -6,9 +6,13 @@
 //!
 //! postcard encodes enum variants by position: append new variants at the end, never reorder.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::RequestId;
+use crate::resources::Resources;
+use crate::vm::{Desired, VmSpec, VmState};
 
 /// Longest key accepted in the cluster key/value space, in bytes.
 pub const MAX_KEY_LEN: usize = 1024;
@@ -37,15 +41,78 @@ pub struct ClientRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set `key` to `value`.
-    KvPut { key: String, value: String },
+    KvPut {
+        key: String,
+        value: String,
+    },
     /// Remove `key` if present.
-    KvDelete { key: String },
+    KvDelete {
+        key: String,
+    },
     /// Set `key` to `value` only if its current value is `expect` (`None`: only if absent).
     KvCas {
         key: String,
         expect: Option<String>,
         value: String,
     },
+    /// A node's agent announces (or updates) what it offers.
+    NodeRegister {
+        name: String,
+        capacity: Resources,
+        labels: BTreeMap<String, String>,
+        driver: String,
+    },
+    /// Cordon (no new VMs) or uncordon a node.
+    NodeCordon {
+        name: String,
+        cordoned: bool,
+    },
+    VmCreate {
+        name: String,
+        spec: VmSpec,
+        desired: Desired,
+    },
+    VmSetDesired {
+        name: String,
+        desired: Desired,
+    },
+    /// Removes the VM; its node's agent destroys it.
+    VmDelete {
+        name: String,
+    },
+    /// A placement plan from the leader's scheduler. Apply re-checks each placement and refuses
+    /// the stale ones (they are planned again).
+    VmPlace {
+        placements: Vec<Placement>,
+    },
+    /// Why VMs could not be placed (recorded only when the reason changes).
+    VmWaiting {
+        reasons: Vec<(String, String)>,
+    },
+    /// What a node's agent sees its driver doing. Reports for another node's or an older
+    /// epoch's assignment are ignored.
+    VmObserved {
+        node: String,
+        reports: Vec<VmReport>,
+    },
+    SettingSet {
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub vm: String,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    pub vm: String,
+    pub epoch: u64,
+    pub state: VmState,
+    pub reason: Option<String>,
 }
 
 /// What a successfully applied command answers.
@@ -57,6 +124,15 @@ pub enum Response {
     Deleted { previous: Option<String> },
     /// `KvCas` succeeded.
     Swapped,
+    /// A node, VM or setting command took effect.
+    Done,
+    /// `VmPlace`: what was placed (vm, node, epoch) and what was refused (vm, why).
+    Placed {
+        placed: Vec<(String, String, u64)>,
+        refused: Vec<(String, String)>,
+    },
+    /// `VmObserved`: reports taken and reports ignored as stale.
+    Observed { taken: u32, ignored: u32 },
 }
 
 /// Why apply refused a command. Refusals are normal, replicated outcomes: every replica refuses
@@ -71,6 +147,12 @@ pub enum Rejection {
     ValueTooLarge { len: usize, max: usize },
     #[error("request {seq} of client {client:x} is older than its last applied request {last}; the client must use a new sequence number")]
     StaleRequest { client: u64, seq: u64, last: u64 },
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: String, name: String },
+    #[error("{reason}")]
+    Invalid { reason: String },
 }
 
 fn describe(value: &Option<String>) -> String {
@@ -99,8 +181,32 @@ impl Command {
                 Ok(())
             }
             Command::KvDelete { key } => validate_key(key),
+            Command::NodeRegister { name, driver, .. } => {
+                crate::ids::validate_node_name(name).map_err(invalid)?;
+                if !matches!(driver.as_str(), "memvm" | "libvirt") {
+                    return Err(invalid(format!(
+                        "driver must be memvm or libvirt, not {driver:?}"
+                    )));
+                }
+                Ok(())
+            }
+            Command::VmCreate { name, spec, .. } => {
+                crate::vm::validate_vm_name(name).map_err(invalid)?;
+                spec.validate().map_err(invalid)
+            }
+            Command::NodeCordon { .. }
+            | Command::VmSetDesired { .. }
+            | Command::VmDelete { .. }
+            | Command::VmPlace { .. }
+            | Command::VmWaiting { .. }
+            | Command::VmObserved { .. }
+            | Command::SettingSet { .. } => Ok(()),
         }
     }
+}
+
+fn invalid(reason: String) -> Rejection {
+    Rejection::Invalid { reason }
 }
 
 /// Checks a key of the cluster key/value space.

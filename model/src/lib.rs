@@ -15,10 +15,20 @@
 pub mod codec;
 pub mod command;
 pub mod ids;
+pub mod node;
 pub mod query;
+pub mod resources;
+pub mod settings;
 pub mod state;
+pub mod vm;
+mod vm_commands;
 
-pub use command::{ClientRequest, Command, Outcome, Proposal, Rejection, Response};
+pub use command::{
+    ClientRequest, Command, Outcome, Placement, Proposal, Rejection, Response, VmReport,
+};
 pub use ids::{node_id_for_name, RequestId};
+pub use node::{Health, Node};
 pub use query::{Query, QueryResult};
+pub use resources::Resources;
 pub use state::{ClusterState, Member, MemberRole};
+pub use vm::{Desired, Vm, VmSpec, VmState};

@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::node::Node;
 use crate::state::ClusterState;
+use crate::vm::Vm;
 
 /// Most keys one `KvList` answers, so a list can never exhaust a node's memory or a message
 /// size limit; clients page with `start_after`.
@@ -20,6 +22,25 @@ pub enum Query {
         start_after: Option<String>,
         limit: u32,
     },
+    /// Every node of the inventory, with the VMs assigned to each.
+    NodeList,
+    /// VMs in name order, after `start_after` if given (summaries: no events).
+    VmList {
+        start_after: Option<String>,
+        limit: u32,
+    },
+    /// One VM, whole.
+    VmGet {
+        name: String,
+    },
+    Settings,
+}
+
+/// A node with the names of the VMs assigned to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    pub node: Node,
+    pub vms: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +51,13 @@ pub enum QueryResult {
         /// More keys match after the last returned one.
         more: bool,
     },
+    Nodes(Vec<NodeEntry>),
+    Vms {
+        vms: Vec<Vm>,
+        more: bool,
+    },
+    Vm(Option<Box<Vm>>),
+    Settings(Vec<(String, String)>),
 }
 
 impl ClusterState {
@@ -61,6 +89,46 @@ impl ClusterState {
                 let more = matching.next().is_some();
                 QueryResult::Entries { entries, more }
             }
+            Query::NodeList => {
+                let mut by_node: std::collections::BTreeMap<&str, Vec<String>> =
+                    std::collections::BTreeMap::new();
+                for vm in self.vms.values() {
+                    if let Some(node) = vm.node() {
+                        by_node.entry(node).or_default().push(vm.name.clone());
+                    }
+                }
+                QueryResult::Nodes(
+                    self.nodes
+                        .values()
+                        .map(|node| NodeEntry {
+                            vms: by_node.remove(node.name.as_str()).unwrap_or_default(),
+                            node: node.clone(),
+                        })
+                        .collect(),
+                )
+            }
+            Query::VmList { start_after, limit } => {
+                let limit = (*limit).clamp(1, MAX_LIST_LIMIT) as usize;
+                let lower = match start_after {
+                    Some(after) => std::ops::Bound::Excluded(after.clone()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let mut matching = self.vms.range((lower, std::ops::Bound::Unbounded));
+                let vms = matching
+                    .by_ref()
+                    .take(limit)
+                    .map(|(_, vm)| Vm {
+                        events: Vec::new(),
+                        ..vm.clone()
+                    })
+                    .collect();
+                QueryResult::Vms {
+                    vms,
+                    more: matching.next().is_some(),
+                }
+            }
+            Query::VmGet { name } => QueryResult::Vm(self.vms.get(name).cloned().map(Box::new)),
+            Query::Settings => QueryResult::Settings(self.settings.list()),
         }
     }
 }

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{ClientRequest, Command, Outcome, Proposal, Rejection, Response};
+use crate::node::Node;
+use crate::settings::Settings;
+use crate::vm::{GroupIndex, Vm};
 
 /// How long the outcome of a client's last write is kept for retries. A client that retries
 /// later than this after its last write may see its request applied twice; real retries come
@@ -27,6 +30,14 @@ pub struct ClusterState {
     pub sessions: BTreeMap<u64, Session>,
     /// Sessions ordered by last use, so expiry looks only at the oldest ones.
     pub session_ages: BTreeMap<(u64, u64), ()>,
+    /// Node inventory by name (registered by each node's agent).
+    pub nodes: BTreeMap<String, Node>,
+    pub vms: BTreeMap<String, Vm>,
+    /// Where the VMs of each affinity / anti-affinity group are assigned.
+    pub groups: GroupIndex,
+    /// Last assignment epoch handed out; epochs only grow.
+    pub epoch: u64,
+    pub settings: Settings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +77,7 @@ impl ClusterState {
 
     fn apply_request(&mut self, request: &ClientRequest, at_ms: u64) -> Outcome {
         let Some(id) = request.id else {
-            return self.apply_command(&request.command);
+            return self.apply_command(&request.command, at_ms);
         };
         if let Some(session) = self.sessions.get(&id.client) {
             if id.seq == session.last_seq {
@@ -81,7 +92,7 @@ impl ClusterState {
             }
             self.session_ages.remove(&(session.at_ms, id.client));
         }
-        let outcome = self.apply_command(&request.command);
+        let outcome = self.apply_command(&request.command, at_ms);
         self.sessions.insert(
             id.client,
             Session {
@@ -100,7 +111,7 @@ impl ClusterState {
         outcome
     }
 
-    fn apply_command(&mut self, command: &Command) -> Outcome {
+    fn apply_command(&mut self, command: &Command, at_ms: u64) -> Outcome {
         command.validate()?;
         match command {
             Command::KvPut { key, value } => Ok(Response::Put {
@@ -119,6 +130,7 @@ impl ClusterState {
                 self.kv.insert(key.clone(), value.clone());
                 Ok(Response::Swapped)
             }
+            _ => self.apply_vm_command(command, at_ms),
         }
     }
 

@@ -68,6 +68,27 @@ pub struct Flags {
     /// Log filter (tracing EnvFilter syntax) [default: info,openraft=warn].
     #[arg(long, env = "PADDOCK_LOG")]
     pub log: Option<String>,
+    /// Hypervisor driver: memvm (embedded, default) or libvirt (needs the `libvirt` build).
+    #[arg(long, env = "PADDOCK_DRIVER")]
+    pub driver: Option<String>,
+    /// vCPUs this node offers to VMs [default: the host's].
+    #[arg(long, env = "PADDOCK_CPUS")]
+    pub cpus: Option<u32>,
+    /// Memory this node offers to VMs, e.g. 16GiB [default: the host's].
+    #[arg(long, env = "PADDOCK_MEMORY")]
+    pub memory: Option<String>,
+    /// Disk this node offers to VMs, e.g. 500GiB [default: free space of --data-dir].
+    #[arg(long, env = "PADDOCK_DISK")]
+    pub disk: Option<String>,
+    /// Node label for placement constraints, KEY=VALUE; repeatable.
+    #[arg(long = "label", env = "PADDOCK_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// memvm: pages each guest dirties per second [default: 2000].
+    #[arg(long, env = "PADDOCK_MEMVM_DIRTY_RATE")]
+    pub memvm_dirty_rate: Option<u64>,
+    /// memvm: working set each guest dirties, e.g. 16MiB [default: 16MiB].
+    #[arg(long, env = "PADDOCK_MEMVM_WORKING_SET")]
+    pub memvm_working_set: Option<String>,
 }
 
 /// The same keys, from the TOML file.
@@ -91,6 +112,32 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     keep_logs: Option<u64>,
     log: Option<String>,
+    driver: Option<String>,
+    cpus: Option<u32>,
+    memory: Option<String>,
+    disk: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    memvm_dirty_rate: Option<u64>,
+    memvm_working_set: Option<String>,
+}
+
+/// The hypervisor driver a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    Memvm,
+    Libvirt,
+}
+
+/// What a node offers and how its driver runs.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub driver: DriverKind,
+    pub cpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub labels: BTreeMap<String, String>,
+    pub memvm_dirty_rate: u64,
+    pub memvm_working_set_mib: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +177,7 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     pub keep_logs: u64,
     pub log: String,
+    pub host: HostConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +312,51 @@ impl NodeConfig {
         if snapshot_every == 0 {
             return Err(invalid("--snapshot-every must be at least 1"));
         }
+        let size = |flag: &str, text: Option<String>| {
+            text.map(|t| {
+                paddock_model::resources::parse_mib(&t).map_err(|e| invalid(format!("{flag}: {e}")))
+            })
+            .transpose()
+        };
+        let driver = match flags.driver.or(file.driver).as_deref() {
+            None | Some("memvm") => DriverKind::Memvm,
+            Some("libvirt") => DriverKind::Libvirt,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "--driver {other:?} is unknown; use memvm or libvirt"
+                )))
+            }
+        };
+        let labels_text = if flags.labels.is_empty() {
+            file.labels
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+        } else {
+            flags.labels
+        };
+        let labels = parse_labels(&labels_text)?;
+        let cpus = flags.cpus.or(file.cpus);
+        if cpus == Some(0) {
+            return Err(invalid("--cpus must be at least 1"));
+        }
+        let host = HostConfig {
+            driver,
+            cpus,
+            memory_mib: size("--memory", flags.memory.or(file.memory))?,
+            disk_mib: size("--disk", flags.disk.or(file.disk))?,
+            labels,
+            memvm_dirty_rate: flags
+                .memvm_dirty_rate
+                .or(file.memvm_dirty_rate)
+                .unwrap_or(2000),
+            memvm_working_set_mib: size(
+                "--memvm-working-set",
+                flags.memvm_working_set.or(file.memvm_working_set),
+            )?
+            .unwrap_or(16),
+        };
         Ok(NodeConfig {
             name,
             data_dir,
@@ -283,8 +376,29 @@ impl NodeConfig {
                 .log
                 .or(file.log)
                 .unwrap_or_else(|| "info,openraft=warn".to_string()),
+            host,
         })
     }
+}
+
+/// Parses `KEY=VALUE` labels.
+pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for item in items.iter().filter(|i| !i.trim().is_empty()) {
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            invalid(format!(
+                "--label {item:?} is not KEY=VALUE; use e.g. --label zone=a"
+            ))
+        })?;
+        let key = key.trim();
+        if key.is_empty() || key.len() > 63 {
+            return Err(invalid(format!(
+                "--label {item:?}: the key must be 1–63 characters"
+            )));
+        }
+        labels.insert(key.to_string(), value.trim().to_string());
+    }
+    Ok(labels)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

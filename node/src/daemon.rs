@@ -1,7 +1,8 @@
 //! Wires one node together and runs it until shutdown.
 //!
 //! Start: certificates → identity checks → stores → Raft → gRPC + HTTP servers → bootstrap
-//! (`--peers` initialize or `--join`) → leader controllers.
+//! (`--peers` initialize or `--join`) → leader controllers (promotion, placement) and the
+//! agent with its hypervisor driver.
 //! Stop (SIGTERM): a leader first hands leadership to an up-to-date voter, then Raft stops,
 //! then the servers.
 
@@ -18,13 +19,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::config::{Bootstrap, NodeConfig};
+use crate::agent::Agent;
+use crate::config::{Bootstrap, DriverKind, NodeConfig};
+use crate::controllers;
+use crate::drivers::memvm::{GuestLoad, MemVm};
+use crate::drivers::{host_capacity, Driver};
 use crate::http::{self, HttpState};
 use crate::identity::{self, Identity};
 use crate::membership;
 use crate::metrics::NodeMetrics;
 use crate::proposer::Proposer;
-use crate::service::{ClusterService, KvService, RaftService};
+use crate::service::{
+    ClusterService, KvService, NodesService, RaftService, SettingsService, VmsService,
+};
 
 /// Largest gRPC message accepted: Raft batches and snapshot chunks.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -77,6 +84,7 @@ pub async fn run(
             None => None,
         };
 
+    let driver = open_driver(&config)?;
     let log_store =
         open_store(config.storage, &config.data_dir.join("raft")).with_context(|| {
             format!(
@@ -143,6 +151,19 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let nodes_service = pb::nodes_server::NodesServer::new(NodesService {
+        proposer: proposer.clone(),
+        shared: shared.clone(),
+    })
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let vms_service = pb::vms_server::VmsServer::new(VmsService {
+        proposer: proposer.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let settings_service = pb::settings_server::SettingsServer::new(SettingsService {
+        proposer: proposer.clone(),
+    });
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -152,6 +173,9 @@ pub async fn run(
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(kv_service)
+            .add_service(nodes_service)
+            .add_service(vms_service)
+            .add_service(settings_service)
             .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -192,6 +216,28 @@ pub async fn run(
         Bootstrap::Join(_) | Bootstrap::Existing => {}
     }
     tokio::spawn(membership::run_promoter(raft.clone(), shutdown.clone()));
+    tokio::spawn(controllers::placement::run(
+        raft.clone(),
+        node_id,
+        proposer.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
+    let agent = Agent {
+        name: config.name.clone(),
+        driver,
+        proposer: proposer.clone(),
+        shared: shared.clone(),
+        raft: raft.clone(),
+        capacity: host_capacity(
+            config.host.cpus,
+            config.host.memory_mib,
+            config.host.disk_mib,
+            &config.data_dir,
+        ),
+        labels: config.host.labels.clone(),
+    };
+    tokio::spawn(agent.run(shutdown.clone()));
 
     stop.await;
     tracing::info!("shutting down");
@@ -203,6 +249,23 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(3), grpc).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The hypervisor driver `--driver` asks for.
+fn open_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Driver>> {
+    match config.host.driver {
+        DriverKind::Memvm => Ok(Arc::new(MemVm::open(
+            &config.data_dir,
+            &config.name,
+            GuestLoad {
+                dirty_pages_per_sec: config.host.memvm_dirty_rate,
+                working_set_mib: config.host.memvm_working_set_mib,
+            },
+        )?)),
+        DriverKind::Libvirt => anyhow::bail!(
+            "--driver libvirt is not available yet: the libvirt driver is not built; use --driver memvm"
+        ),
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: tonic applies its own `tcp_nodelay` only

@@ -256,10 +256,11 @@ impl Proposer {
             ForwardRequest::Read(query) => {
                 let floor = self.read_floor();
                 let confirmed = async {
-                    let read_index = self.raft.ensure_linearizable().await.map_err(|e| match e {
-                        RaftError::Fatal(_) => ProposeError::ShuttingDown,
-                        RaftError::APIError(_) => ProposeError::NotLeader,
-                    })?;
+                    let read_index =
+                        self.raft.ensure_linearizable().await.map_err(|e| match e {
+                            RaftError::Fatal(_) => ProposeError::ShuttingDown,
+                            RaftError::APIError(_) => ProposeError::NotLeader,
+                        })?;
                     if read_index.map_or(0, |id| id.index) < floor {
                         self.raft
                             .wait(None)

@@ -11,6 +11,10 @@ use crate::output::{Failure, Output};
 pub enum ClusterCommand {
     /// Leader, term, commit index and members (with reachability as the leader sees it).
     Status,
+    /// Cluster-wide settings and their values.
+    Settings,
+    /// Change a cluster setting (admin), e.g. `cluster set scheduler binpack`.
+    Set { key: String, value: String },
 }
 
 pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure> {
@@ -22,6 +26,26 @@ pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure
                 Output::Json => print_json(&status_json(&status)),
                 Output::Table => print_status_table(&status),
             }
+        }
+        ClusterCommand::Settings => {
+            let mut client = global.client()?;
+            let settings = client.settings().await.map_err(client_failure)?;
+            match global.output {
+                Output::Json => print_json(&serde_json::json!(settings)),
+                Output::Table => {
+                    for (key, value) in settings {
+                        println!("{key:<16} {value}");
+                    }
+                }
+            }
+        }
+        ClusterCommand::Set { key, value } => {
+            let mut client = global.client()?;
+            client
+                .setting_set(&key, &value)
+                .await
+                .map_err(client_failure)?;
+            println!("{key} = {value}");
         }
     }
     Ok(())

@@ -132,12 +132,28 @@ fn down(dir: &Path) -> Result<(), Failure> {
             format!("no detached cluster found ({} is missing)", path.display()),
         )
     })?;
-    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+    let pids: Vec<rustix::process::Pid> = text
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter_map(rustix::process::Pid::from_raw)
+        .collect();
+    for pid in &pids {
+        let _ = rustix::process::kill_process(*pid, rustix::process::Signal::TERM);
+    }
+    // Give the daemons a moment to hand over and stop, then end their VMs (each node runs in
+    // its own process group with its memvm guests).
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(5)
+        && pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for pid in &pids {
+        let _ = rustix::process::kill_process_group(*pid, rustix::process::Signal::KILL);
     }
     std::fs::remove_file(&path)?;
-    println!("sent SIGTERM to the dev cluster's nodes");
+    println!("stopped the dev cluster's nodes and their VMs");
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod dev;
 pub mod kv;
 pub mod node;
+pub mod vm;
 
 use std::path::PathBuf;
 use std::time::Duration;

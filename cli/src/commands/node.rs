@@ -1,23 +1,115 @@
-//! `paddock node`: cluster members. (Inventory, cordon and drain come with the VM work.)
+//! `paddock node`: the host inventory (list, show, cordon) and Raft membership (remove).
 
 use clap::Subcommand;
+use paddock_api::pb::NodeInfo;
+use serde_json::json;
 
-use super::{client_failure, Global};
-use crate::output::Failure;
+use super::{client_failure, print_json, Global};
+use crate::output::{exit, Failure, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
+    /// Every node: state, capacity, free resources, labels and VMs.
+    List {
+        /// Read this node's replica without a round to the leader.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One node.
+    Show { name: String },
+    /// Place no new VMs on NAME (its VMs stay where they are).
+    Cordon { name: String },
+    /// Let NAME take new VMs again.
+    Uncordon { name: String },
     /// Remove a node from the Raft membership (stop its paddockd afterwards).
     Remove { name: String },
 }
 
 pub async fn run(command: NodeCommand, global: &Global) -> Result<(), Failure> {
+    let mut client = global.client()?;
     match command {
+        NodeCommand::List { stale } => {
+            let nodes = client.node_list(stale).await.map_err(client_failure)?;
+            match global.output {
+                Output::Json => print_json(&json!(nodes.iter().map(node_json).collect::<Vec<_>>())),
+                Output::Table => print_table(&nodes),
+            }
+        }
+        NodeCommand::Show { name } => {
+            let nodes = client.node_list(false).await.map_err(client_failure)?;
+            let node = nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+                Failure::new(
+                    exit::NOT_FOUND,
+                    format!("node {name} is not in the inventory; see `paddock node list`"),
+                )
+            })?;
+            print_json(&node_json(node));
+        }
+        NodeCommand::Cordon { name } => {
+            client
+                .node_cordon(&name, true)
+                .await
+                .map_err(client_failure)?;
+            println!("{name} cordoned: no new VMs will be placed there");
+        }
+        NodeCommand::Uncordon { name } => {
+            client
+                .node_cordon(&name, false)
+                .await
+                .map_err(client_failure)?;
+            println!("{name} uncordoned");
+        }
         NodeCommand::Remove { name } => {
-            let mut client = global.client()?;
             client.remove_member(&name).await.map_err(client_failure)?;
             println!("removed {name} from the cluster");
         }
     }
     Ok(())
+}
+
+/// The JSON form of a node (a contract: fields are only ever added).
+pub fn node_json(node: &NodeInfo) -> serde_json::Value {
+    json!({
+        "name": node.name,
+        "address": node.address,
+        "state": node.state,
+        "driver": node.driver,
+        "cpus": node.cpus,
+        "memory_mib": node.memory_mib,
+        "disk_mib": node.disk_mib,
+        "cpus_free": node.cpus_free,
+        "memory_free_mib": node.memory_free_mib,
+        "disk_free_mib": node.disk_free_mib,
+        "labels": node.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "vms": node.vms,
+    })
+}
+
+fn print_table(nodes: &[NodeInfo]) {
+    println!(
+        "{:<14} {:<10} {:>9} {:>16} {:>5}  LABELS",
+        "NAME", "STATE", "CPUS", "MEMORY (MiB)", "VMS"
+    );
+    for n in nodes {
+        let labels: Vec<String> = n
+            .labels
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:<14} {:<10} {:>9} {:>16} {:>5}  {}",
+            n.name,
+            n.state,
+            format!("{}/{}", n.cpus - n.cpus_free.min(n.cpus), n.cpus),
+            format!(
+                "{}/{}",
+                n.memory_mib - n.memory_free_mib.min(n.memory_mib),
+                n.memory_mib
+            ),
+            n.vms.len(),
+            labels.join(",")
+        );
+    }
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use paddock_api::convert::{join_option, split_option};
 use paddock_api::pb::{self, kv_server};
 use paddock_model::query::MAX_LIST_LIMIT;
-use paddock_model::{ClientRequest, Command, Query, QueryResult, Rejection, Response as Applied};
+use paddock_model::{Command, Query, QueryResult, Rejection, Response as Applied};
 use tonic::{Request, Response, Status};
 
-use super::{caller, require_writer};
+use super::{caller, refused, reply, require_writer, unexpected, write};
 use crate::proposer::Proposer;
 
 pub struct KvService {
@@ -16,17 +16,8 @@ pub struct KvService {
 }
 
 impl KvService {
-    /// Wraps an answer; on a follower, names the leader so the client can go there directly.
     fn reply<T>(&self, message: T) -> Response<T> {
-        let mut response = Response::new(message);
-        if let Some(address) = self.proposer.leader_elsewhere() {
-            if let Ok(value) = address.parse() {
-                response
-                    .metadata_mut()
-                    .insert(paddock_api::client::LEADER_HEADER, value);
-            }
-        }
-        response
+        reply(&self.proposer, message)
     }
 
     async fn write(
@@ -34,25 +25,8 @@ impl KvService {
         id: Option<pb::RequestId>,
         command: Command,
     ) -> Result<Result<Applied, Rejection>, Status> {
-        let request = ClientRequest {
-            id: id.map(Into::into),
-            command,
-        };
-        Ok(self.proposer.write(request).await?)
+        write(&self.proposer, id, command).await
     }
-}
-
-/// Refusals that are the caller's fault become `InvalidArgument`; a CAS mismatch is an answer,
-/// not an error, and is handled by the caller.
-fn refused(rejection: Rejection) -> Status {
-    match rejection {
-        Rejection::StaleRequest { .. } => Status::failed_precondition(rejection.to_string()),
-        _ => Status::invalid_argument(rejection.to_string()),
-    }
-}
-
-fn unexpected(what: &Applied) -> Status {
-    Status::internal(format!("unexpected apply answer {what:?}"))
 }
 
 #[tonic::async_trait]

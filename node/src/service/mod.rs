@@ -4,13 +4,59 @@
 mod cluster;
 mod kv;
 mod raft;
+mod vms;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use raft::RaftService;
+pub use vms::{NodesService, SettingsService, VmsService};
 
 use paddock_api::certs::{peer_identity, PeerIdentity, Role};
-use tonic::{Request, Status};
+use paddock_api::pb;
+use paddock_model::{ClientRequest, Command, Rejection, Response as Applied};
+use tonic::{Request, Response, Status};
+
+use crate::proposer::Proposer;
+
+/// Wraps an answer; on a follower, names the leader so the client can go there directly.
+fn reply<T>(proposer: &Proposer, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Some(address) = proposer.leader_elsewhere() {
+        if let Ok(value) = address.parse() {
+            response
+                .metadata_mut()
+                .insert(paddock_api::client::LEADER_HEADER, value);
+        }
+    }
+    response
+}
+
+/// Proposes a client's command; the outer error is the transport's, the inner apply's answer.
+async fn write(
+    proposer: &Proposer,
+    id: Option<pb::RequestId>,
+    command: Command,
+) -> Result<Result<Applied, Rejection>, Status> {
+    let request = ClientRequest {
+        id: id.map(Into::into),
+        command,
+    };
+    Ok(proposer.write(request).await?)
+}
+
+/// Apply's refusals as status codes that say whose fault it was.
+fn refused(rejection: Rejection) -> Status {
+    match rejection {
+        Rejection::StaleRequest { .. } => Status::failed_precondition(rejection.to_string()),
+        Rejection::NotFound { .. } => Status::not_found(rejection.to_string()),
+        Rejection::AlreadyExists { .. } => Status::already_exists(rejection.to_string()),
+        _ => Status::invalid_argument(rejection.to_string()),
+    }
+}
+
+fn unexpected<T: std::fmt::Debug>(what: &T) -> Status {
+    Status::internal(format!("unexpected answer {what:?}"))
+}
 
 /// The verified identity of the caller. tonic has already checked the certificate chain
 /// against the cluster CA; this reads name and role from it.

@@ -1,0 +1,384 @@
+//! `paddock vm`: create, list, show, start, stop, restart, delete. `--wait` follows the VM
+//! until its node reports the desired state, printing each step.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use paddock_api::client::{Client, ClientError};
+use paddock_api::pb::{self, VmDetail, VmSummary};
+use paddock_model::resources::parse_mib;
+use serde_json::json;
+
+use super::{client_failure, print_json, Global};
+use crate::output::{exit, parse_duration, Failure, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM; it is placed and started unless --stopped.
+    Create(CreateArgs),
+    /// Every VM: node, observed and desired state, size, HA, epoch.
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    /// One VM with its spec, events and, while pending, why it cannot be placed.
+    Show {
+        name: String,
+    },
+    Start(Target),
+    Stop(Target),
+    /// Stop, then start again (on the same node).
+    Restart(Target),
+    /// Remove the VM; its node destroys it.
+    Delete(Target),
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    pub name: String,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+#[derive(Debug, Args)]
+pub struct Wait {
+    /// Wait until the VM's node reports the desired state, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub wait_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub cpus: u32,
+    /// e.g. 512MiB, 2GiB.
+    #[arg(long, value_parser = parse_mib)]
+    pub memory: u64,
+    /// Disk size, e.g. 20GiB; repeatable for several disks.
+    #[arg(long = "disk", value_parser = parse_mib)]
+    pub disks: Vec<u64>,
+    /// Image for the first disk (libvirt: a path).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// VM label KEY=VALUE; repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Restart elsewhere when its node fails.
+    #[arg(long)]
+    pub ha: bool,
+    /// Failover priority 0–1000 (higher first).
+    #[arg(long, default_value_t = 0)]
+    pub priority: u32,
+    /// Never two VMs of GROUP on one node.
+    #[arg(long)]
+    pub anti_affinity: Option<String>,
+    /// All VMs of GROUP on one node.
+    #[arg(long)]
+    pub affinity: Option<String>,
+    /// Only nodes with label KEY=VALUE; repeatable.
+    #[arg(long = "node-selector")]
+    pub node_selector: Vec<String>,
+    /// Preferred node; repeatable, first first.
+    #[arg(long = "prefer")]
+    pub prefer: Vec<String>,
+    /// Create without starting.
+    #[arg(long)]
+    pub stopped: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
+fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, Failure> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| {
+                    Failure::new(
+                        exit::ERROR,
+                        format!("{flag} {item:?} is not KEY=VALUE; use e.g. {flag} zone=a"),
+                    )
+                })
+        })
+        .collect()
+}
+
+pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
+    let mut client = global.client()?;
+    match command {
+        VmCommand::Create(args) => {
+            let mut disks: Vec<pb::Disk> = args
+                .disks
+                .iter()
+                .map(|size| pb::Disk {
+                    size_mib: *size,
+                    image: String::new(),
+                })
+                .collect();
+            if let Some(image) = &args.image {
+                match disks.first_mut() {
+                    Some(first) => first.image = image.clone(),
+                    None => {
+                        return Err(Failure::new(
+                            exit::ERROR,
+                            "--image needs a --disk to put it on",
+                        ))
+                    }
+                }
+            }
+            let spec = pb::VmSpec {
+                cpus: args.cpus,
+                memory_mib: args.memory,
+                disks,
+                labels: key_values("--label", &args.labels)?.into_iter().collect(),
+                ha: args.ha,
+                priority: args.priority,
+                node_selector: key_values("--node-selector", &args.node_selector)?
+                    .into_iter()
+                    .collect(),
+                anti_affinity: args.anti_affinity.unwrap_or_default(),
+                affinity: args.affinity.unwrap_or_default(),
+                prefer: args.prefer,
+            };
+            client
+                .vm_create(&args.name, spec, args.stopped)
+                .await
+                .map_err(client_failure)?;
+            eprintln!("created {}", args.name);
+            if args.wait.wait {
+                let want = if args.stopped { "stopped" } else { "running" };
+                wait_for(&mut client, &args.name, want, &args.wait).await?;
+            }
+        }
+        VmCommand::List { stale } => {
+            let vms = client.vm_list(stale).await.map_err(client_failure)?;
+            match global.output {
+                Output::Json => {
+                    print_json(&json!(vms.iter().map(summary_json).collect::<Vec<_>>()))
+                }
+                Output::Table => {
+                    println!(
+                        "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}",
+                        "NAME", "NODE", "STATE", "DESIRED", "CPUS", "MEM MiB", "HA", "EPOCH"
+                    );
+                    for vm in &vms {
+                        println!(
+                            "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}",
+                            vm.name,
+                            if vm.node.is_empty() { "-" } else { &vm.node },
+                            vm.state,
+                            vm.desired,
+                            vm.cpus,
+                            vm.memory_mib,
+                            if vm.ha { "yes" } else { "no" },
+                            vm.epoch
+                        );
+                    }
+                }
+            }
+        }
+        VmCommand::Show { name } => {
+            let vm = get(&mut client, &name).await?;
+            match global.output {
+                Output::Json => print_json(&detail_json(&vm)),
+                Output::Table => print_detail(&vm),
+            }
+        }
+        VmCommand::Start(target) => {
+            client
+                .vm_set_desired(&target.name, true)
+                .await
+                .map_err(client_failure)?;
+            eprintln!("{}: desired running", target.name);
+            if target.wait.wait {
+                wait_for(&mut client, &target.name, "running", &target.wait).await?;
+            }
+        }
+        VmCommand::Stop(target) => {
+            client
+                .vm_set_desired(&target.name, false)
+                .await
+                .map_err(client_failure)?;
+            eprintln!("{}: desired stopped", target.name);
+            if target.wait.wait {
+                wait_for(&mut client, &target.name, "stopped", &target.wait).await?;
+            }
+        }
+        VmCommand::Restart(target) => {
+            // The stop must be observed before the start, or the agent sees no change at all.
+            client
+                .vm_set_desired(&target.name, false)
+                .await
+                .map_err(client_failure)?;
+            let vm = get(&mut client, &target.name).await?;
+            if vm.summary.as_ref().is_some_and(|s| !s.node.is_empty()) {
+                wait_for(&mut client, &target.name, "stopped", &target.wait).await?;
+            }
+            client
+                .vm_set_desired(&target.name, true)
+                .await
+                .map_err(client_failure)?;
+            eprintln!("{}: restarting", target.name);
+            if target.wait.wait {
+                wait_for(&mut client, &target.name, "running", &target.wait).await?;
+            }
+        }
+        VmCommand::Delete(target) => {
+            client
+                .vm_delete(&target.name)
+                .await
+                .map_err(client_failure)?;
+            // Deletion is immediate in the cluster state; the node destroys the VM on its next pass.
+            eprintln!("deleted {}", target.name);
+        }
+    }
+    Ok(())
+}
+
+async fn get(client: &mut Client, name: &str) -> Result<VmDetail, Failure> {
+    client.vm_get(name, false).await.map_err(|e| match &e {
+        ClientError::Refused {
+            code: tonic::Code::NotFound,
+            message,
+        } => Failure::new(exit::NOT_FOUND, message.clone()),
+        _ => client_failure(e),
+    })
+}
+
+/// Polls the VM until its observed state is `want`, printing each change; fails early when it
+/// fails or cannot be placed for longer than the wait.
+async fn wait_for(client: &mut Client, name: &str, want: &str, wait: &Wait) -> Result<(), Failure> {
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let vm = get(client, name).await?;
+        let summary = vm.summary.clone().unwrap_or_default();
+        let line = if summary.node.is_empty() {
+            if vm.waiting.is_empty() {
+                format!("{}: {}", name, summary.state)
+            } else {
+                format!("{}: waiting for a node: {}", name, vm.waiting)
+            }
+        } else {
+            format!(
+                "{}: {} on {} (epoch {})",
+                name, summary.state, summary.node, summary.epoch
+            )
+        };
+        if line != last {
+            eprintln!("  {:>6.1}s  {line}", started.elapsed().as_secs_f64());
+            last = line;
+        }
+        if summary.state == want {
+            return Ok(());
+        }
+        if summary.state == "failed" && summary.desired == want {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!("{name} failed: {}", vm.reason),
+            ));
+        }
+        if started.elapsed() > wait.wait_timeout {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "{name} is still {} after {:?} (wanted {want}); see `paddock vm show {name}`",
+                    summary.state, wait.wait_timeout
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The JSON form of a VM in `vm list` (a contract: fields are only ever added).
+pub fn summary_json(vm: &VmSummary) -> serde_json::Value {
+    json!({
+        "name": vm.name,
+        "node": if vm.node.is_empty() { serde_json::Value::Null } else { json!(vm.node) },
+        "state": vm.state,
+        "desired": vm.desired,
+        "cpus": vm.cpus,
+        "memory_mib": vm.memory_mib,
+        "ha": vm.ha,
+        "epoch": vm.epoch,
+    })
+}
+
+pub fn detail_json(vm: &VmDetail) -> serde_json::Value {
+    let mut value = summary_json(&vm.summary.clone().unwrap_or_default());
+    let spec = vm.spec.clone().unwrap_or_default();
+    fn sorted(m: &std::collections::HashMap<String, String>) -> BTreeMap<&String, &String> {
+        m.iter().collect()
+    }
+    value["spec"] = json!({
+        "cpus": spec.cpus,
+        "memory_mib": spec.memory_mib,
+        "disks": spec.disks.iter().map(|d| json!({"size_mib": d.size_mib, "image": d.image})).collect::<Vec<_>>(),
+        "labels": sorted(&spec.labels),
+        "ha": spec.ha,
+        "priority": spec.priority,
+        "node_selector": sorted(&spec.node_selector),
+        "anti_affinity": spec.anti_affinity,
+        "affinity": spec.affinity,
+        "prefer": spec.prefer,
+    });
+    value["reason"] = json!(vm.reason);
+    value["waiting"] = json!(vm.waiting);
+    value["created_ms"] = json!(vm.created_ms);
+    value["events"] = json!(vm
+        .events
+        .iter()
+        .map(|e| json!({"at_ms": e.at_ms, "message": e.message}))
+        .collect::<Vec<_>>());
+    value
+}
+
+fn print_detail(vm: &VmDetail) {
+    let s = vm.summary.clone().unwrap_or_default();
+    let spec = vm.spec.clone().unwrap_or_default();
+    println!("name      {}", s.name);
+    println!("state     {} (desired {})", s.state, s.desired);
+    println!(
+        "node      {}",
+        if s.node.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} (epoch {})", s.node, s.epoch)
+        }
+    );
+    println!("size      {} cpus, {} MiB", spec.cpus, spec.memory_mib);
+    println!(
+        "ha        {} (priority {})",
+        if spec.ha { "yes" } else { "no" },
+        spec.priority
+    );
+    if !vm.waiting.is_empty() {
+        println!("waiting   {}", vm.waiting);
+    }
+    if !vm.reason.is_empty() {
+        println!("reason    {}", vm.reason);
+    }
+    println!("events:");
+    for e in &vm.events {
+        println!("  {}  {}", format_ms(e.at_ms), e.message);
+    }
+}
+
+/// Unix milliseconds as UTC `HH:MM:SS.mmm` (dates are rarely what an operator scans for).
+fn format_ms(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}

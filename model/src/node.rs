@@ -1,0 +1,52 @@
+//! The node inventory: what each host offers and how the cluster sees it. (Raft membership is
+//! [`crate::Member`]; a node appears here when its agent registers.)
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Resources;
+
+/// One host as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    /// What the node advertises (`--cpus`, `--memory`, disk).
+    pub capacity: Resources,
+    /// Sum of the VMs assigned here (running or stopped).
+    pub allocated: Resources,
+    pub labels: BTreeMap<String, String>,
+    /// Hypervisor driver: `memvm` or `libvirt`.
+    pub driver: String,
+    /// Cordoned nodes keep their VMs but get no new ones.
+    pub cordoned: bool,
+    pub health: Health,
+    pub registered_ms: u64,
+}
+
+/// Liveness as committed to the log. Only transitions are committed, never heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    Ready,
+    Down,
+}
+
+impl Node {
+    pub fn free(&self) -> Resources {
+        self.capacity.minus(&self.allocated)
+    }
+
+    /// The state `paddock node list` shows.
+    pub fn state_name(&self) -> &'static str {
+        match (self.health, self.cordoned) {
+            (Health::Down, _) => "down",
+            (Health::Ready, true) => "cordoned",
+            (Health::Ready, false) => "ready",
+        }
+    }
+
+    /// Whether new VMs may be placed here at all.
+    pub fn schedulable(&self) -> bool {
+        self.health == Health::Ready && !self.cordoned
+    }
+}

@@ -1,0 +1,67 @@
+//! Cluster-wide settings, changed through the log (`paddock cluster set KEY VALUE`).
+
+use serde::{Deserialize, Serialize};
+
+/// How the scheduler ranks nodes that fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedulerPolicy {
+    /// Fill the fullest node that fits first (keeps whole nodes free).
+    Binpack,
+    /// Use the emptiest node first (spreads failure impact; the default).
+    Spread,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub scheduler: SchedulerPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            scheduler: SchedulerPolicy::Spread,
+        }
+    }
+}
+
+/// The keys `paddock cluster set` accepts, with what they take.
+pub const KEYS: &[(&str, &str)] = &[("scheduler", "binpack | spread")];
+
+impl Settings {
+    /// Sets `key` to `value`, or explains what is wrong.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "scheduler" => {
+                self.scheduler = match value {
+                    "binpack" => SchedulerPolicy::Binpack,
+                    "spread" => SchedulerPolicy::Spread,
+                    other => {
+                        return Err(format!(
+                            "scheduler must be binpack or spread, not {other:?}"
+                        ))
+                    }
+                };
+                Ok(())
+            }
+            other => Err(format!(
+                "unknown setting {other:?}; settings: {}",
+                KEYS.iter()
+                    .map(|(k, v)| format!("{k} ({v})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Every setting as (key, value), for `paddock cluster settings`.
+    pub fn list(&self) -> Vec<(String, String)> {
+        vec![(
+            "scheduler".into(),
+            match self.scheduler {
+                SchedulerPolicy::Binpack => "binpack",
+                SchedulerPolicy::Spread => "spread",
+            }
+            .into(),
+        )]
+    }
+}

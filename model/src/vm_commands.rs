@@ -1,0 +1,405 @@
+//! Apply for node and VM commands. Every check that depends on the state happens here, so a
+//! stale plan or a late report is refused the same way on every replica.
+
+use crate::command::{Command, Outcome, Placement, Rejection, Response, VmReport};
+use crate::node::{Health, Node};
+use crate::state::ClusterState;
+use crate::vm::{check_fit, Assignment, Desired, Vm, VmState};
+
+fn not_found(kind: &str, name: &str) -> Rejection {
+    Rejection::NotFound {
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+impl ClusterState {
+    pub(crate) fn apply_vm_command(&mut self, command: &Command, at_ms: u64) -> Outcome {
+        match command {
+            Command::NodeRegister {
+                name,
+                capacity,
+                labels,
+                driver,
+            } => {
+                let node = self.nodes.entry(name.clone()).or_insert_with(|| Node {
+                    name: name.clone(),
+                    capacity: *capacity,
+                    allocated: Default::default(),
+                    labels: labels.clone(),
+                    driver: driver.clone(),
+                    cordoned: false,
+                    health: Health::Ready,
+                    registered_ms: at_ms,
+                });
+                node.capacity = *capacity;
+                node.labels = labels.clone();
+                node.driver = driver.clone();
+                node.health = Health::Ready;
+                Ok(Response::Done)
+            }
+            Command::NodeCordon { name, cordoned } => {
+                let node = self
+                    .nodes
+                    .get_mut(name)
+                    .ok_or_else(|| not_found("node", name))?;
+                node.cordoned = *cordoned;
+                Ok(Response::Done)
+            }
+            Command::VmCreate {
+                name,
+                spec,
+                desired,
+            } => {
+                if self.vms.contains_key(name) {
+                    return Err(Rejection::AlreadyExists {
+                        kind: "VM".into(),
+                        name: name.clone(),
+                    });
+                }
+                let mut vm = Vm {
+                    name: name.clone(),
+                    spec: spec.clone(),
+                    desired: *desired,
+                    assignment: None,
+                    observed: VmState::Pending,
+                    reason: None,
+                    waiting: None,
+                    events: Vec::new(),
+                    created_ms: at_ms,
+                };
+                vm.event(at_ms, format!("created, desired {}", desired.name()));
+                self.vms.insert(name.clone(), vm);
+                Ok(Response::Done)
+            }
+            Command::VmSetDesired { name, desired } => {
+                let vm = self
+                    .vms
+                    .get_mut(name)
+                    .ok_or_else(|| not_found("VM", name))?;
+                if vm.desired != *desired {
+                    vm.desired = *desired;
+                    vm.event(at_ms, format!("desired {}", desired.name()));
+                }
+                Ok(Response::Done)
+            }
+            Command::VmDelete { name } => {
+                let vm = self.vms.remove(name).ok_or_else(|| not_found("VM", name))?;
+                self.release(&vm);
+                Ok(Response::Done)
+            }
+            Command::VmPlace { placements } => Ok(self.place(placements, at_ms)),
+            Command::VmWaiting { reasons } => {
+                for (name, reason) in reasons {
+                    if let Some(vm) = self.vms.get_mut(name) {
+                        if vm.needs_placement() && vm.waiting.as_ref() != Some(reason) {
+                            vm.waiting = Some(reason.clone());
+                            vm.event(at_ms, format!("waiting: {reason}"));
+                        }
+                    }
+                }
+                Ok(Response::Done)
+            }
+            Command::VmObserved { node, reports } => Ok(self.observe(node, reports, at_ms)),
+            Command::SettingSet { key, value } => {
+                self.settings
+                    .set(key, value)
+                    .map_err(|reason| Rejection::Invalid { reason })?;
+                Ok(Response::Done)
+            }
+            Command::KvPut { .. } | Command::KvDelete { .. } | Command::KvCas { .. } => {
+                unreachable!("key/value commands are applied by ClusterState::apply_command")
+            }
+        }
+    }
+
+    /// Frees what `vm` held on its node.
+    fn release(&mut self, vm: &Vm) {
+        if let Some(assignment) = &vm.assignment {
+            if let Some(node) = self.nodes.get_mut(&assignment.node) {
+                node.allocated = node.allocated.minus(&vm.spec.resources());
+            }
+            self.groups.remove(&vm.spec, &assignment.node);
+        }
+    }
+
+    fn place(&mut self, placements: &[Placement], at_ms: u64) -> Response {
+        let mut placed = Vec::new();
+        let mut refused = Vec::new();
+        for Placement { vm: name, node } in placements {
+            match self.place_one(name, node, at_ms) {
+                Ok(epoch) => placed.push((name.clone(), node.clone(), epoch)),
+                Err(why) => refused.push((name.clone(), why)),
+            }
+        }
+        Response::Placed { placed, refused }
+    }
+
+    fn place_one(&mut self, name: &str, node_name: &str, at_ms: u64) -> Result<u64, String> {
+        let vm = self.vms.get(name).ok_or("VM no longer exists")?;
+        if !vm.needs_placement() {
+            return Err("VM no longer needs a node".into());
+        }
+        let node = self.nodes.get(node_name).ok_or("node is not registered")?;
+        check_fit(node, &node.free(), &vm.spec, &self.groups)
+            .map_err(|misfit| misfit.describe(1).replacen("1 ", "node ", 1))?;
+        let resources = vm.spec.resources();
+        self.epoch += 1;
+        let epoch = self.epoch;
+        if let Some(node) = self.nodes.get_mut(node_name) {
+            node.allocated = node.allocated.plus(&resources);
+        }
+        if let Some(vm) = self.vms.get_mut(name) {
+            self.groups.add(&vm.spec, node_name);
+            vm.assignment = Some(Assignment {
+                node: node_name.to_string(),
+                epoch,
+            });
+            vm.observed = VmState::Pending;
+            vm.reason = None;
+            vm.waiting = None;
+            vm.event(at_ms, format!("scheduled on {node_name} (epoch {epoch})"));
+        }
+        Ok(epoch)
+    }
+
+    fn observe(&mut self, node: &str, reports: &[VmReport], at_ms: u64) -> Response {
+        let (mut taken, mut ignored) = (0, 0);
+        for report in reports {
+            let Some(vm) = self.vms.get_mut(&report.vm) else {
+                ignored += 1;
+                continue;
+            };
+            let current = vm
+                .assignment
+                .as_ref()
+                .is_some_and(|a| a.node == node && a.epoch == report.epoch);
+            if !current {
+                ignored += 1;
+                continue;
+            }
+            taken += 1;
+            if vm.observed != report.state || vm.reason != report.reason {
+                vm.observed = report.state;
+                vm.reason = report.reason.clone();
+                let message = match (&report.reason, report.state) {
+                    (Some(reason), VmState::Failed) => format!("failed on {node}: {reason}"),
+                    (_, state) => format!("{} on {node}", state.name()),
+                };
+                vm.event(at_ms, message);
+            }
+        }
+        Response::Observed { taken, ignored }
+    }
+}
+
+impl Desired {
+    /// The observed state that satisfies this desired state.
+    pub fn reached_by(self, observed: VmState) -> bool {
+        matches!(
+            (self, observed),
+            (Desired::Running, VmState::Running) | (Desired::Stopped, VmState::Stopped)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::command::{ClientRequest, Proposal};
+    use crate::resources::Resources;
+    use crate::vm::{Constraints, VmSpec};
+
+    fn run(state: &mut ClusterState, command: Command) -> Outcome {
+        state
+            .apply(&Proposal {
+                at_ms: 1,
+                requests: vec![ClientRequest { id: None, command }],
+            })
+            .remove(0)
+    }
+
+    fn register(state: &mut ClusterState, name: &str, cpus: u32, memory_mib: u64) {
+        run(
+            state,
+            Command::NodeRegister {
+                name: name.into(),
+                capacity: Resources {
+                    cpus,
+                    memory_mib,
+                    disk_mib: 100_000,
+                },
+                labels: BTreeMap::new(),
+                driver: "memvm".into(),
+            },
+        )
+        .expect("test setup");
+    }
+
+    fn spec(cpus: u32, memory_mib: u64, anti: Option<&str>) -> VmSpec {
+        VmSpec {
+            cpus,
+            memory_mib,
+            disks: Vec::new(),
+            labels: BTreeMap::new(),
+            ha: false,
+            priority: 0,
+            constraints: Constraints {
+                anti_affinity: anti.map(String::from),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn create(state: &mut ClusterState, name: &str, spec: VmSpec) {
+        run(
+            state,
+            Command::VmCreate {
+                name: name.into(),
+                spec,
+                desired: Desired::Running,
+            },
+        )
+        .expect("test setup");
+    }
+
+    fn place(state: &mut ClusterState, vm: &str, node: &str) -> Response {
+        run(
+            state,
+            Command::VmPlace {
+                placements: vec![Placement {
+                    vm: vm.into(),
+                    node: node.into(),
+                }],
+            },
+        )
+        .expect("test setup")
+    }
+
+    #[test]
+    fn apply_rechecks_fit_and_refuses_stale_plans() {
+        let mut state = ClusterState::default();
+        register(&mut state, "n1", 4, 4096);
+        create(&mut state, "a", spec(2, 3000, Some("db")));
+        create(&mut state, "b", spec(1, 2000, None));
+        create(&mut state, "c", spec(1, 500, Some("db")));
+        assert!(
+            matches!(place(&mut state, "a", "n1"), Response::Placed { placed, .. } if placed.len() == 1)
+        );
+        // b no longer fits (memory), c breaks anti-affinity: both refused, nothing changes.
+        let Response::Placed { placed, refused } = place(&mut state, "b", "n1") else {
+            panic!()
+        };
+        assert!(placed.is_empty());
+        assert_eq!(refused[0].1, "node lacks memory");
+        let Response::Placed { refused, .. } = place(&mut state, "c", "n1") else {
+            panic!()
+        };
+        assert_eq!(refused[0].1, "node violates anti-affinity group db");
+        assert_eq!(state.nodes["n1"].allocated.memory_mib, 3000);
+        // A placed VM cannot be placed twice.
+        let Response::Placed { refused, .. } = place(&mut state, "a", "n1") else {
+            panic!()
+        };
+        assert_eq!(refused.len(), 1);
+        // Deleting frees the capacity and the group slot.
+        run(&mut state, Command::VmDelete { name: "a".into() }).expect("test setup");
+        assert_eq!(state.nodes["n1"].allocated, Resources::default());
+        assert!(
+            matches!(place(&mut state, "c", "n1"), Response::Placed { placed, .. } if placed.len() == 1)
+        );
+    }
+
+    #[test]
+    fn reports_of_old_epochs_or_other_nodes_are_ignored() {
+        let mut state = ClusterState::default();
+        register(&mut state, "n1", 4, 4096);
+        register(&mut state, "n2", 4, 4096);
+        create(&mut state, "a", spec(1, 100, None));
+        place(&mut state, "a", "n1");
+        let epoch = state.vms["a"]
+            .assignment
+            .as_ref()
+            .expect("test setup")
+            .epoch;
+        let report = |epoch, state| VmReport {
+            vm: "a".into(),
+            epoch,
+            state,
+            reason: None,
+        };
+        let out = run(
+            &mut state,
+            Command::VmObserved {
+                node: "n2".into(),
+                reports: vec![report(epoch, VmState::Running)],
+            },
+        );
+        assert_eq!(
+            out,
+            Ok(Response::Observed {
+                taken: 0,
+                ignored: 1
+            })
+        );
+        let out = run(
+            &mut state,
+            Command::VmObserved {
+                node: "n1".into(),
+                reports: vec![
+                    report(epoch - 1, VmState::Running),
+                    report(epoch, VmState::Running),
+                ],
+            },
+        );
+        assert_eq!(
+            out,
+            Ok(Response::Observed {
+                taken: 1,
+                ignored: 1
+            })
+        );
+        assert_eq!(state.vms["a"].observed, VmState::Running);
+        assert!(state.vms["a"]
+            .events
+            .last()
+            .expect("test setup")
+            .message
+            .contains("running on n1"));
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_specs_are_refused() {
+        let mut state = ClusterState::default();
+        create(&mut state, "a", spec(1, 100, None));
+        let again = run(
+            &mut state,
+            Command::VmCreate {
+                name: "a".into(),
+                spec: spec(1, 100, None),
+                desired: Desired::Running,
+            },
+        );
+        assert!(matches!(again, Err(Rejection::AlreadyExists { .. })));
+        let bad = run(
+            &mut state,
+            Command::VmCreate {
+                name: "b".into(),
+                spec: spec(0, 100, None),
+                desired: Desired::Running,
+            },
+        );
+        assert!(matches!(bad, Err(Rejection::Invalid { .. })));
+        let bad_name = run(
+            &mut state,
+            Command::VmCreate {
+                name: "B/1".into(),
+                spec: spec(1, 100, None),
+                desired: Desired::Running,
+            },
+        );
+        assert!(matches!(bad_name, Err(Rejection::Invalid { .. })));
+    }
+}

@@ -1,0 +1,212 @@
+//! The agent (DESIGN.md §1): on every node, makes the local driver match the assignments in
+//! this node's replica and reports what it observes back as batched `VmObserved` commands.
+//!
+//! Each pass: list the driver's instances → destroy what is not assigned here or belongs to an
+//! older epoch → start what is assigned and desired running → stop what is desired stopped →
+//! report observed states that differ from the replica's. Passes run on every applied change
+//! and at least every [`PASS_EVERY`], so they are idempotent and restart-safe: a restarted
+//! paddockd finds its guests through the driver and adopts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paddock_model::vm::Desired;
+use paddock_model::{ClientRequest, Command, Node, Resources, VmReport, VmSpec, VmState};
+use paddock_raft::{Raft, SharedState};
+use tokio::sync::watch;
+
+use crate::drivers::{Driver, Instance, InstanceState};
+use crate::proposer::Proposer;
+
+/// Longest time between two passes when nothing changes.
+pub const PASS_EVERY: Duration = Duration::from_secs(1);
+/// A report not yet reflected in the replica is sent again after this long.
+const RESEND_AFTER: Duration = Duration::from_secs(3);
+
+pub struct Agent {
+    pub name: String,
+    pub driver: Arc<dyn Driver>,
+    pub proposer: Arc<Proposer>,
+    pub shared: SharedState,
+    pub raft: Raft,
+    pub capacity: Resources,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One VM assigned to this node, as the replica says.
+struct Assigned {
+    epoch: u64,
+    desired: Desired,
+    spec: VmSpec,
+    observed: VmState,
+    reason: Option<String>,
+}
+
+impl Agent {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut applied = self.raft.metrics();
+        let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
+        loop {
+            if let Err(e) = self.pass(&mut sent).await {
+                tracing::warn!(error = %e, "agent pass failed; retrying");
+            }
+            tokio::select! {
+                _ = applied.changed() => {
+                    // Coalesce bursts of applied entries into one pass.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ = tokio::time::sleep(PASS_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Registers (or updates) this node in the inventory when the replica disagrees.
+    async fn register(&self) -> anyhow::Result<()> {
+        let current: Option<Node> = self.shared.read().state.nodes.get(&self.name).cloned();
+        let up_to_date = current.is_some_and(|n| {
+            n.capacity == self.capacity
+                && n.labels == self.labels
+                && n.driver == self.driver.name()
+                && n.health == paddock_model::Health::Ready
+        });
+        if up_to_date {
+            return Ok(());
+        }
+        let command = Command::NodeRegister {
+            name: self.name.clone(),
+            capacity: self.capacity,
+            labels: self.labels.clone(),
+            driver: self.driver.name().to_string(),
+        };
+        self.propose(command).await?;
+        tracing::info!(
+            cpus = self.capacity.cpus,
+            memory_mib = self.capacity.memory_mib,
+            "node registered"
+        );
+        Ok(())
+    }
+
+    async fn propose(&self, command: Command) -> anyhow::Result<()> {
+        self.proposer
+            .write(ClientRequest { id: None, command })
+            .await?
+            .map_err(|rejection| anyhow::anyhow!("{rejection}"))?;
+        Ok(())
+    }
+
+    async fn pass(
+        &self,
+        sent: &mut HashMap<String, (u64, VmState, Instant)>,
+    ) -> anyhow::Result<()> {
+        if self.proposer.leader().is_none() {
+            return Ok(());
+        }
+        self.register().await?;
+        let assigned: BTreeMap<String, Assigned> = {
+            let applied = self.shared.read();
+            applied
+                .state
+                .vms
+                .values()
+                .filter_map(|vm| {
+                    let a = vm.assignment.as_ref().filter(|a| a.node == self.name)?;
+                    Some((
+                        vm.name.clone(),
+                        Assigned {
+                            epoch: a.epoch,
+                            desired: vm.desired,
+                            spec: vm.spec.clone(),
+                            observed: vm.observed,
+                            reason: vm.reason.clone(),
+                        },
+                    ))
+                })
+                .collect()
+        };
+        let driver = self.driver.clone();
+        let instances = tokio::task::spawn_blocking(move || driver.list()).await??;
+        let mut by_vm: BTreeMap<String, Instance> = BTreeMap::new();
+        for instance in instances {
+            let current = assigned
+                .get(&instance.vm)
+                .is_some_and(|a| a.epoch == instance.epoch);
+            if current {
+                by_vm.insert(instance.vm.clone(), instance);
+            } else {
+                // Not ours (any more), or an older epoch: it must not run here.
+                tracing::info!(vm = %instance.vm, epoch = instance.epoch, "destroying a VM not assigned here");
+                self.blocking(move |d| d.destroy(&instance.vm)).await?;
+            }
+        }
+        let mut reports = Vec::new();
+        for (vm, a) in &assigned {
+            let observed = match (a.desired, by_vm.get(vm).map(|i| &i.state)) {
+                (Desired::Running, None | Some(InstanceState::Stopped)) => {
+                    tracing::info!(%vm, epoch = a.epoch, "starting");
+                    let (name, epoch, spec) = (vm.clone(), a.epoch, a.spec.clone());
+                    match self.blocking(move |d| d.start(&name, epoch, &spec)).await {
+                        Ok(()) => (VmState::Starting, None),
+                        Err(e) => (VmState::Failed, Some(format!("cannot start: {e}"))),
+                    }
+                }
+                (Desired::Stopped, Some(InstanceState::Running | InstanceState::Starting)) => {
+                    tracing::info!(%vm, "stopping");
+                    let name = vm.clone();
+                    self.blocking(move |d| d.stop(&name)).await?;
+                    (VmState::Stopping, None)
+                }
+                (Desired::Stopped, Some(InstanceState::Crashed(_))) => {
+                    // An operator stop clears a failure; the next start starts afresh.
+                    let name = vm.clone();
+                    self.blocking(move |d| d.destroy(&name)).await?;
+                    (VmState::Stopped, None)
+                }
+                (Desired::Stopped, None) => (VmState::Stopped, None),
+                (_, Some(state)) => match state {
+                    InstanceState::Starting => (VmState::Starting, None),
+                    InstanceState::Running => (VmState::Running, None),
+                    InstanceState::Stopping => (VmState::Stopping, None),
+                    InstanceState::Stopped => (VmState::Stopped, None),
+                    InstanceState::Crashed(reason) => (VmState::Failed, Some(reason.clone())),
+                },
+            };
+            if (observed.0, &observed.1) == (a.observed, &a.reason) {
+                sent.remove(vm);
+                continue;
+            }
+            let recently = sent.get(vm).is_some_and(|(epoch, state, at)| {
+                *epoch == a.epoch && *state == observed.0 && at.elapsed() < RESEND_AFTER
+            });
+            if !recently {
+                sent.insert(vm.clone(), (a.epoch, observed.0, Instant::now()));
+                reports.push(VmReport {
+                    vm: vm.clone(),
+                    epoch: a.epoch,
+                    state: observed.0,
+                    reason: observed.1,
+                });
+            }
+        }
+        sent.retain(|vm, _| assigned.contains_key(vm));
+        if !reports.is_empty() {
+            self.propose(Command::VmObserved {
+                node: self.name.clone(),
+                reports,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a driver call off the async runtime (libvirt calls block).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn Driver) -> Result<T, crate::drivers::DriverError> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let driver = self.driver.clone();
+        Ok(tokio::task::spawn_blocking(move || call(driver.as_ref())).await??)
+    }
+}

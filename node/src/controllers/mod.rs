@@ -1,0 +1,5 @@
+//! Controllers that run on the leader only (DESIGN.md §1). They read the replica and propose
+//! commands; they never change state themselves, so a new leader resumes where the old one
+//! stopped.
+
+pub mod placement;

@@ -1,0 +1,224 @@
+//! The memvm guest: what runs inside one `paddock-memvm` process, the way QEMU runs one VM.
+//!
+//! - Guest memory is one zeroed allocation of the spec's size; the OS hands out pages only when
+//!   they are first written, so a 1 GiB guest costs nothing until touched.
+//! - The guest loop runs every [`TICK`]: it dirties pages of its working set (writing its
+//!   counter into them) at the configured rate and advances the guest counter.
+//! - It rewrites `status.json` (state, counter) and its run interval file
+//!   (`runs/VM-EPOCH-PID.json`: vm, node, epoch, start, end) every [`RECORD_EVERY`], so the
+//!   chaos checkers can prove a VM never ran on two nodes at once.
+//! - It stops cleanly when a `stop` file appears in its directory (the driver's shutdown
+//!   request), writing the memory checksum and its final interval; SIGKILL is "pull the plug".
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub const PAGE: usize = 4096;
+pub const TICK: Duration = Duration::from_millis(10);
+pub const RECORD_EVERY: Duration = Duration::from_millis(200);
+
+/// What the guest publishes in `status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestStatus {
+    pub vm: String,
+    pub epoch: u64,
+    pub pid: u32,
+    /// "running" or "stopped".
+    pub state: String,
+    pub counter: u64,
+    /// FNV-1a of the whole guest memory, written when the guest stops.
+    pub checksum: Option<String>,
+    pub updated_ms: u64,
+}
+
+/// One run of a VM on a node: the record the single-run checker reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInterval {
+    pub vm: String,
+    pub node: String,
+    pub epoch: u64,
+    pub pid: u32,
+    /// Wall-clock Unix milliseconds of the first and the latest guest step.
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    pub vm: String,
+    pub node: String,
+    pub epoch: u64,
+    pub memory_mib: u64,
+    /// The VM's directory (status, stop request).
+    pub dir: PathBuf,
+    /// Where run intervals go (shared by every VM of the node).
+    pub runs_dir: PathBuf,
+    pub dirty_pages_per_sec: u64,
+    pub working_set_mib: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Guest memory and execution state.
+pub struct Guest {
+    pub memory: Vec<u8>,
+    pub counter: u64,
+    working_set_pages: usize,
+}
+
+impl Guest {
+    pub fn new(memory_mib: u64, working_set_mib: u64) -> Guest {
+        let bytes = (memory_mib as usize) << 20;
+        let pages = (bytes / PAGE).max(1);
+        Guest {
+            memory: vec![0; bytes.max(PAGE)],
+            counter: 0,
+            working_set_pages: ((working_set_mib as usize) << 20)
+                .div_ceil(PAGE)
+                .clamp(1, pages),
+        }
+    }
+
+    /// One guest step: dirties `pages` pages of the working set and advances the counter.
+    pub fn step(&mut self, pages: u64) {
+        for _ in 0..pages.max(1) {
+            self.counter += 1;
+            // A stride that is odd and large walks the working set in a scattered order.
+            let page = (self.counter.wrapping_mul(0x9E37_79B9) as usize) % self.working_set_pages;
+            let at = page * PAGE;
+            self.memory[at..at + 8].copy_from_slice(&self.counter.to_le_bytes());
+        }
+    }
+
+    pub fn checksum(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for chunk in self.memory.chunks_exact(8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            hash ^= word;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (temp file + rename).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec(value).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(tmp, path)
+}
+
+/// Runs the guest until a stop is requested. Returns the final status.
+pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
+    let pid = std::process::id();
+    let mut guest = Guest::new(config.memory_mib, config.working_set_mib);
+    std::fs::create_dir_all(&config.runs_dir)?;
+    let run_path = config
+        .runs_dir
+        .join(format!("{}-{}-{pid}.json", config.vm, config.epoch));
+    let mut interval = RunInterval {
+        vm: config.vm.clone(),
+        node: config.node.clone(),
+        epoch: config.epoch,
+        pid,
+        start_ms: now_ms(),
+        end_ms: now_ms(),
+    };
+    let stop_path = config.dir.join("stop");
+    let status_path = config.dir.join("status.json");
+    let pages_per_tick = (config.dirty_pages_per_sec * TICK.as_millis() as u64 / 1000).max(1);
+    let mut last_record = Instant::now() - RECORD_EVERY;
+    loop {
+        if stop_path.exists() {
+            break;
+        }
+        guest.step(pages_per_tick);
+        if last_record.elapsed() >= RECORD_EVERY {
+            last_record = Instant::now();
+            interval.end_ms = now_ms();
+            write_json(&run_path, &interval)?;
+            write_json(
+                &status_path,
+                &GuestStatus {
+                    vm: config.vm.clone(),
+                    epoch: config.epoch,
+                    pid,
+                    state: "running".into(),
+                    counter: guest.counter,
+                    checksum: None,
+                    updated_ms: interval.end_ms,
+                },
+            )?;
+        }
+        std::thread::sleep(TICK);
+    }
+    interval.end_ms = now_ms();
+    write_json(&run_path, &interval)?;
+    let status = GuestStatus {
+        vm: config.vm.clone(),
+        epoch: config.epoch,
+        pid,
+        state: "stopped".into(),
+        counter: guest.counter,
+        checksum: Some(format!("{:016x}", guest.checksum())),
+        updated_ms: interval.end_ms,
+    };
+    write_json(&status_path, &status)?;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_dirty_the_working_set_only_and_change_the_checksum() {
+        let mut guest = Guest::new(4, 1);
+        let before = guest.checksum();
+        guest.step(1000);
+        assert_eq!(guest.counter, 1000);
+        assert_ne!(guest.checksum(), before);
+        let working_set = 1 << 20;
+        assert!(guest.memory[working_set..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_guest_stops_when_asked_and_records_its_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = GuestConfig {
+            vm: "v1".into(),
+            node: "n1".into(),
+            epoch: 3,
+            memory_mib: 2,
+            dir: dir.path().to_path_buf(),
+            runs_dir: dir.path().join("runs"),
+            dirty_pages_per_sec: 1000,
+            working_set_mib: 1,
+        };
+        let stopper = {
+            let stop = dir.path().join("stop");
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                std::fs::write(stop, b"").expect("stop file");
+            })
+        };
+        let status = run(&config).expect("guest runs");
+        stopper.join().expect("stopper");
+        assert_eq!(status.state, "stopped");
+        assert!(status.counter > 0);
+        let runs: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+            .expect("runs")
+            .collect();
+        assert_eq!(runs.len(), 1);
+    }
+}
