@@ -21,6 +21,8 @@ use crate::proposer::Proposer;
 
 /// Longest time between two passes when nothing changes.
 pub const PASS_EVERY: Duration = Duration::from_secs(1);
+/// Shortest time between two passes (bounds the work under a burst of changes).
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// A report not yet reflected in the replica is sent again after this long.
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 
@@ -48,16 +50,26 @@ impl Agent {
         let mut applied = self.raft.metrics();
         let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
         loop {
-            if let Err(e) = self.pass(&mut sent).await {
-                tracing::warn!(error = %e, "agent pass failed; retrying");
+            let busy = match self.pass(&mut sent).await {
+                Ok(busy) => busy,
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent pass failed; retrying");
+                    false
+                }
+            };
+            // Passes at most every MIN_GAP; sooner than PASS_EVERY when the replica changes or
+            // a VM is between states (so "stopped" shows soon after it happens).
+            tokio::time::sleep(MIN_GAP).await;
+            if busy {
+                continue;
             }
             tokio::select! {
-                _ = applied.changed() => {
-                    // Coalesce bursts of applied entries into one pass.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                _ = applied.changed() => {}
                 _ = tokio::time::sleep(PASS_EVERY) => {}
                 _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
             }
         }
     }
@@ -97,12 +109,13 @@ impl Agent {
         Ok(())
     }
 
+    /// One reconciliation pass; returns whether some VM is between states.
     async fn pass(
         &self,
         sent: &mut HashMap<String, (u64, VmState, Instant)>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         if self.proposer.leader().is_none() {
-            return Ok(());
+            return Ok(false);
         }
         self.register().await?;
         let assigned: BTreeMap<String, Assigned> = {
@@ -191,6 +204,12 @@ impl Agent {
             }
         }
         sent.retain(|vm, _| assigned.contains_key(vm));
+        let busy = reports
+            .iter()
+            .any(|r| matches!(r.state, VmState::Starting | VmState::Stopping))
+            || by_vm
+                .values()
+                .any(|i| matches!(i.state, InstanceState::Starting | InstanceState::Stopping));
         if !reports.is_empty() {
             self.propose(Command::VmObserved {
                 node: self.name.clone(),
@@ -198,7 +217,7 @@ impl Agent {
             })
             .await?;
         }
-        Ok(())
+        Ok(busy)
     }
 
     /// Runs a driver call off the async runtime (libvirt calls block).

@@ -71,6 +71,9 @@ pub struct Flags {
     /// Hypervisor driver: memvm (embedded, default) or libvirt (needs the `libvirt` build).
     #[arg(long, env = "PADDOCK_DRIVER")]
     pub driver: Option<String>,
+    /// libvirt connection URI for --driver libvirt [default: qemu:///system].
+    #[arg(long, env = "PADDOCK_LIBVIRT_URI")]
+    pub libvirt_uri: Option<String>,
     /// vCPUs this node offers to VMs [default: the host's].
     #[arg(long, env = "PADDOCK_CPUS")]
     pub cpus: Option<u32>,
@@ -113,6 +116,7 @@ struct FileConfig {
     keep_logs: Option<u64>,
     log: Option<String>,
     driver: Option<String>,
+    libvirt_uri: Option<String>,
     cpus: Option<u32>,
     memory: Option<String>,
     disk: Option<String>,
@@ -132,6 +136,7 @@ pub enum DriverKind {
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub driver: DriverKind,
+    pub libvirt_uri: String,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
     pub disk_mib: Option<u64>,
@@ -343,6 +348,10 @@ impl NodeConfig {
         }
         let host = HostConfig {
             driver,
+            libvirt_uri: flags
+                .libvirt_uri
+                .or(file.libvirt_uri)
+                .unwrap_or_else(|| "qemu:///system".to_string()),
             cpus,
             memory_mib: size("--memory", flags.memory.or(file.memory))?,
             disk_mib: size("--disk", flags.disk.or(file.disk))?,

@@ -262,8 +262,13 @@ fn open_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Driver>> {
                 working_set_mib: config.host.memvm_working_set_mib,
             },
         )?)),
+        #[cfg(feature = "libvirt")]
+        DriverKind::Libvirt => Ok(Arc::new(crate::drivers::libvirt::Libvirt::open(
+            &config.host.libvirt_uri,
+        )?)),
+        #[cfg(not(feature = "libvirt"))]
         DriverKind::Libvirt => anyhow::bail!(
-            "--driver libvirt is not available yet: the libvirt driver is not built; use --driver memvm"
+            "this paddockd was built without the libvirt driver; rebuild it with `cargo build --release --features paddock-node/libvirt` (needs libvirt-dev and pkg-config), or use --driver memvm"
         ),
     }
 }

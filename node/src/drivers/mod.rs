@@ -1,6 +1,8 @@
 //! Hypervisor drivers (DESIGN.md §6): one trait, what the agent needs to make a host match its
 //! assignments. Calls may block (libvirt does); the agent runs them off the async runtime.
 
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod memvm;
 
 use paddock_model::{Resources, VmSpec};
