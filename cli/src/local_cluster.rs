@@ -85,9 +85,19 @@ pub fn find_paddockd() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A free TCP port on 127.0.0.1 (released before returning; fine for tests on one host).
+/// A free TCP port on 127.0.0.1 for a node to listen on (released before returning).
+///
+/// Picked below Linux's ephemeral range (32768–60999 by default): a port from that range can be
+/// taken by any outgoing connection's local end while its node is down, and the node could not
+/// listen again when it restarts (the chaos harness restarts nodes all the time).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free TCP port found on 127.0.0.1 between 20000 and 32000")
 }
 
 impl LocalCluster {

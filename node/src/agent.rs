@@ -49,8 +49,9 @@ impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut applied = self.raft.metrics();
         let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
+        let mut registered = None;
         loop {
-            let busy = match self.pass(&mut sent).await {
+            let busy = match self.pass(&mut sent, &mut registered).await {
                 Ok(busy) => busy,
                 Err(e) => {
                     tracing::warn!(error = %e, "agent pass failed; retrying");
@@ -74,8 +75,10 @@ impl Agent {
         }
     }
 
-    /// Registers (or updates) this node in the inventory when the replica disagrees.
-    async fn register(&self) -> anyhow::Result<()> {
+    /// Registers (or updates) this node in the inventory when the replica disagrees. The
+    /// write is acknowledged once applied on the leader; this node's replica may lag, so a
+    /// registration is not repeated for [`RESEND_AFTER`].
+    async fn register(&self, registered: &mut Option<Instant>) -> anyhow::Result<()> {
         let current: Option<Node> = self.shared.read().state.nodes.get(&self.name).cloned();
         let up_to_date = current.is_some_and(|n| {
             n.capacity == self.capacity
@@ -83,7 +86,7 @@ impl Agent {
                 && n.driver == self.driver.name()
                 && n.health == paddock_model::Health::Ready
         });
-        if up_to_date {
+        if up_to_date || registered.is_some_and(|at| at.elapsed() < RESEND_AFTER) {
             return Ok(());
         }
         let command = Command::NodeRegister {
@@ -113,11 +116,12 @@ impl Agent {
     async fn pass(
         &self,
         sent: &mut HashMap<String, (u64, VmState, Instant)>,
+        registered: &mut Option<Instant>,
     ) -> anyhow::Result<bool> {
         if self.proposer.leader().is_none() {
             return Ok(false);
         }
-        self.register().await?;
+        self.register(registered).await?;
         let assigned: BTreeMap<String, Assigned> = {
             let applied = self.shared.read();
             applied
