@@ -6,8 +6,8 @@
 //! majority/minority, one-way, bridge) and slow links ([`faults`], [`run`]), the KV register
 //! workload, the history format ([`history`]) and the checkers ([`check`]: linearizability,
 //! lost acknowledged writes, convergence, availability), restart-all and lossy (reset)
-//! links, membership changes under load (remove a node, wipe it, join it again). Not built
-//! yet: the VM workload.
+//! links, membership changes under load (remove a node, wipe it, join it again), and the VM
+//! workload ([`vm_workload`]) with its convergence checker ([`check::vms`]).
 
 pub mod check;
 pub mod faults;
@@ -15,3 +15,4 @@ pub mod history;
 pub mod proxy;
 pub mod run;
 pub mod soak;
+pub mod vm_workload;

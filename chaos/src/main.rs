@@ -39,9 +39,9 @@ enum Command {
             default_value = "kill,pause,partition,slow"
         )]
         faults: Vec<String>,
-        /// Only `kv` for now.
-        #[arg(long, default_value = "kv", value_parser = ["kv"])]
-        workload: String,
+        /// Comma-separated: kv (register clients), vm (VM lifecycle clients).
+        #[arg(long, value_delimiter = ',', default_value = "kv")]
+        workload: Vec<String>,
         /// Concurrent clients [default: 2 per node].
         #[arg(long)]
         clients: Option<usize>,
@@ -65,6 +65,8 @@ enum Command {
         duration: String,
         #[arg(long, default_value = "all")]
         faults: String,
+        #[arg(long, default_value = "kv")]
+        workload: String,
         /// Keep the data dirs, logs and history of passed runs too (failed runs always keep
         /// everything).
         #[arg(long)]
@@ -104,10 +106,17 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             duration,
             seed,
             faults,
-            workload: _,
+            workload,
             clients,
             out,
         } => {
+            for w in &workload {
+                anyhow::ensure!(
+                    matches!(w.as_str(), "kv" | "vm"),
+                    "unknown workload {w:?}: use kv, vm or kv,vm"
+                );
+            }
+            let has = |w: &str| workload.iter().any(|x| x == w);
             anyhow::ensure!(matches!(nodes, 3 | 5 | 7), "--nodes must be 3, 5 or 7");
             let faults = parse_faults(&faults)?;
             let config = RunConfig {
@@ -115,7 +124,12 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 duration,
                 seed,
                 faults,
-                clients: clients.unwrap_or(2 * nodes),
+                clients: if has("kv") {
+                    clients.unwrap_or(2 * nodes)
+                } else {
+                    0
+                },
+                vm_clients: if has("vm") { 2 } else { 0 },
                 out: out.clone(),
             };
             let windows = run(&config).await?;
@@ -136,6 +150,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             nodes,
             duration,
             faults,
+            workload,
             keep,
             out,
         } => {
@@ -146,6 +161,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 nodes,
                 duration,
                 faults,
+                workload,
                 keep,
                 out,
             })
@@ -189,6 +205,19 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
         report.availability.ok_share * 100.0,
         report.availability.longest_gap_ms,
     );
+    let mut summary = summary;
+    if let Some(vms) = &report.vms {
+        summary.push_str(&format!(
+            "vms: {} ({} running), not converged: {}, host problems: {}, settled after {}\n",
+            vms.vms,
+            vms.running,
+            vms.not_converged.len(),
+            vms.host_problems.len(),
+            vms.settled_after_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "never".into())
+        ));
+    }
     let mut details = String::new();
     for v in report
         .linearizable
@@ -196,6 +225,12 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
         .iter()
         .chain(&report.linearizable.unknown)
         .chain(&report.lost_writes)
+        .chain(
+            report
+                .vms
+                .iter()
+                .flat_map(|v| v.not_converged.iter().chain(&v.host_problems)),
+        )
     {
         details.push_str(&format!("  {v}\n"));
     }

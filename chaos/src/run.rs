@@ -18,13 +18,17 @@ use crate::check::{NodeFinal, FINAL_READERS};
 use crate::faults::{schedule, FaultKind, PlannedFault};
 use crate::history::{Event, EventType, Function};
 use crate::proxy::{LinkMode, LinkProxy};
+use crate::vm_workload::{self, VmRecorder};
 
 pub struct RunConfig {
     pub nodes: usize,
     pub duration: Duration,
     pub seed: u64,
     pub faults: Vec<FaultKind>,
+    /// KV register clients (0: no KV workload).
     pub clients: usize,
+    /// VM lifecycle clients (0: no VM workload).
+    pub vm_clients: usize,
     pub out: PathBuf,
 }
 
@@ -76,10 +80,22 @@ impl Recorder {
 pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("cannot create {}", config.out.display()))?;
+    // Light memvm guests, so a 7-node run with the VM workload fits in memory.
     let spec = LocalClusterSpec {
         nodes: config.nodes,
         base_port: None,
-        extra_args: Vec::new(),
+        extra_args: [
+            "--cpus",
+            "8",
+            "--memory",
+            "4GiB",
+            "--memvm-working-set",
+            "1MiB",
+            "--memvm-dirty-rate",
+            "100",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
     let mut cluster = LocalCluster::prepare(&config.out.join("cluster"), &spec, find_paddockd()?)?;
     // One proxy per directed link; node i dials node j through proxies[(i, j)].
@@ -132,6 +148,31 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
         }));
     }
 
+    let vm_recorder = Arc::new(VmRecorder {
+        start: recorder.start,
+        out: Mutex::new(std::fs::File::create(config.out.join("vm_ops.jsonl"))?),
+    });
+    for worker in 0..config.vm_clients {
+        let endpoints: Vec<(String, String)> = cluster
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.address.clone()))
+            .collect();
+        let tls = cluster.certs.client_tls(
+            paddock_cli::local_cluster::ADMIN,
+            paddock_api::certs::CLIENT_HINT,
+        )?;
+        let seed = config.seed.wrapping_mul(7919).wrapping_add(worker as u64);
+        workers.push(tokio::spawn(vm_workload::worker(
+            vm_recorder.clone(),
+            (worker as u64 + 1) * 1_000_000,
+            endpoints,
+            tls,
+            seed,
+            end,
+        )));
+    }
+
     let plan = schedule(config.seed, config.duration, &config.faults);
     let mut windows = Vec::new();
     for fault in &plan {
@@ -151,6 +192,9 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
     heal(&Healing::Everything, &mut cluster, &proxies, &recorder);
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
     final_reads(&cluster, &recorder, &config.out).await?;
+    if config.vm_clients > 0 {
+        vm_workload::collect(&cluster, &config.out, Duration::from_secs(60)).await?;
+    }
     if let Ok(mut out) = recorder.history.lock() {
         out.flush()?;
     }

@@ -17,6 +17,7 @@ pub struct SoakConfig {
     pub nodes: usize,
     pub duration: String,
     pub faults: String,
+    pub workload: String,
     pub keep: bool,
     pub out: PathBuf,
 }
@@ -82,7 +83,13 @@ pub fn soak(config: &SoakConfig) -> anyhow::Result<bool> {
         let status = Command::new(&exe)
             .args(["run", "--nodes", &config.nodes.to_string()])
             .args(["--duration", &config.duration, "--seed", &seed.to_string()])
-            .args(["--faults", &config.faults, "--out"])
+            .args([
+                "--faults",
+                &config.faults,
+                "--workload",
+                &config.workload,
+                "--out",
+            ])
             .arg(&dir)
             .stdout(std::process::Stdio::null())
             .status()

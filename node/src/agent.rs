@@ -50,8 +50,9 @@ impl Agent {
         let mut applied = self.raft.metrics();
         let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
         let mut registered = None;
+        let mut first_pass = true;
         loop {
-            let busy = match self.pass(&mut sent, &mut registered).await {
+            let busy = match self.pass(&mut sent, &mut registered, &mut first_pass).await {
                 Ok(busy) => busy,
                 Err(e) => {
                     tracing::warn!(error = %e, "agent pass failed; retrying");
@@ -117,6 +118,7 @@ impl Agent {
         &self,
         sent: &mut HashMap<String, (u64, VmState, Instant)>,
         registered: &mut Option<Instant>,
+        first_pass: &mut bool,
     ) -> anyhow::Result<bool> {
         if self.proposer.leader().is_none() {
             return Ok(false);
@@ -146,11 +148,19 @@ impl Agent {
         let driver = self.driver.clone();
         let instances = tokio::task::spawn_blocking(move || driver.list()).await??;
         let mut by_vm: BTreeMap<String, Instance> = BTreeMap::new();
+        // Whatever happens below, the next pass is no longer the first.
+        let first = std::mem::replace(first_pass, false);
+        let first_pass = &first;
         for instance in instances {
             let current = assigned
                 .get(&instance.vm)
                 .is_some_and(|a| a.epoch == instance.epoch);
-            if current {
+            if current && *first_pass && matches!(instance.state, InstanceState::Crashed(_)) {
+                // Dead when this daemon started: the host (or the daemon with its VMs) went
+                // down. Like VMs after a host reboot, it is started again, same epoch.
+                tracing::info!(vm = %instance.vm, epoch = instance.epoch, "found dead after this node restarted; starting it again");
+                self.blocking(move |d| d.destroy(&instance.vm)).await?;
+            } else if current {
                 by_vm.insert(instance.vm.clone(), instance);
             } else {
                 // Not ours (any more), or an older epoch: it must not run here.

@@ -11,10 +11,15 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
     let out = tempfile::Builder::new()
         .prefix("paddock-chaos-")
         .tempdir()?;
-    // The second run draws from every fault kind, membership changes and restart-all included.
-    for (seed, faults) in [
-        (1, "kill,pause,partition,slow"),
-        (2, "kill,pause,partition,slow,restart-all,membership"),
+    // The second run draws from every fault kind, membership changes and restart-all included,
+    // with the VM workload beside the KV one.
+    for (seed, faults, workload) in [
+        (1, "kill,pause,partition,slow", "kv"),
+        (
+            2,
+            "kill,pause,partition,slow,restart-all,membership",
+            "kv,vm",
+        ),
     ] {
         let dir = out.path().join(format!("seed-{seed}"));
         let output = Command::new(binaries().join("paddock-chaos"))
@@ -28,6 +33,8 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
                 &seed.to_string(),
                 "--faults",
                 faults,
+                "--workload",
+                workload,
                 "--out",
             ])
             .arg(&dir)
@@ -47,6 +54,10 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
             "final_state.json",
         ] {
             assert!(dir.join(file).exists(), "{file} missing");
+        }
+        if workload.contains("vm") {
+            assert!(dir.join("vms_final.json").exists());
+            assert!(stdout.contains("vms: "), "{stdout}");
         }
         // Re-checking the saved run gives the same verdict.
         let check = Command::new(binaries().join("paddock-chaos"))

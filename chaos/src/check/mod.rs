@@ -2,6 +2,7 @@
 //! recovery bound) next to these.
 
 pub mod linearizable;
+pub mod vms;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,9 @@ pub struct Report {
     pub converged: bool,
     pub nodes: Vec<NodeFinal>,
     pub availability: Availability,
+    /// The VM checkers, when the run had the VM workload.
+    #[serde(default)]
+    pub vms: Option<vms::VmReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -98,11 +102,17 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
             w[0].applied_index == w[1].applied_index && w[0].state_digest == w[1].state_digest
         });
     let availability = availability(&events, fault_windows);
+    let vms = match std::fs::read(dir.join("vms_final.json")) {
+        Ok(bytes) => Some(vms::check(&serde_json::from_slice(&bytes)?)),
+        Err(_) => None,
+    };
     Ok(Report {
         valid: lin.violations.is_empty()
             && lin.unknown.is_empty()
             && lost_writes.is_empty()
-            && converged,
+            && converged
+            && vms.as_ref().is_none_or(vms::VmReport::valid),
+        vms,
         operations: counts,
         linearizable: lin,
         lost_writes,

@@ -1,0 +1,174 @@
+//! VM checkers: after healing, the observed state of every VM converges to its desired state,
+//! and the hosts agree with the cluster (every VM desired running has exactly one live guest,
+//! on its assigned node, of its current epoch; no other guest lives anywhere).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vm_workload::{ClusterVm, HostGuest, VmsFinal};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmReport {
+    pub vms: usize,
+    pub running: usize,
+    /// VMs whose observed state did not reach the desired one.
+    pub not_converged: Vec<String>,
+    /// Disagreements between the hosts and the cluster.
+    pub host_problems: Vec<String>,
+    pub settled_after_ms: Option<u64>,
+}
+
+impl VmReport {
+    pub fn valid(&self) -> bool {
+        self.not_converged.is_empty() && self.host_problems.is_empty()
+    }
+}
+
+pub fn check(final_state: &VmsFinal) -> VmReport {
+    let mut not_converged = Vec::new();
+    for vm in &final_state.cluster {
+        let ok = match (vm.desired.as_str(), &vm.node) {
+            // Unplaced: fine only while it waits with a reason.
+            (_, None) => vm.desired == "stopped" || !vm.waiting.is_empty(),
+            ("running", Some(_)) => vm.state == "running",
+            (_, Some(_)) => vm.state == "stopped",
+        };
+        if !ok {
+            not_converged.push(format!(
+                "{}: desired {}, observed {} on {}",
+                vm.name,
+                vm.desired,
+                vm.state,
+                vm.node.as_deref().unwrap_or("no node")
+            ));
+        }
+    }
+    VmReport {
+        vms: final_state.cluster.len(),
+        running: final_state
+            .cluster
+            .iter()
+            .filter(|v| v.state == "running")
+            .count(),
+        not_converged,
+        host_problems: host_problems(&final_state.cluster, &final_state.hosts),
+        settled_after_ms: final_state.settled_after_ms,
+    }
+}
+
+/// Where the hosts disagree with the cluster's VMs.
+pub fn host_problems(cluster: &[ClusterVm], hosts: &[HostGuest]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let by_name: BTreeMap<&str, &ClusterVm> =
+        cluster.iter().map(|v| (v.name.as_str(), v)).collect();
+    let mut live: BTreeMap<&str, Vec<&HostGuest>> = BTreeMap::new();
+    for guest in hosts.iter().filter(|g| g.alive) {
+        live.entry(guest.vm.as_str()).or_default().push(guest);
+        match by_name.get(guest.vm.as_str()) {
+            None => problems.push(format!(
+                "{} runs on {} (pid {}) but the VM no longer exists",
+                guest.vm, guest.node, guest.pid
+            )),
+            Some(vm) if vm.node.as_deref() != Some(guest.node.as_str()) => problems.push(format!(
+                "{} runs on {} but is assigned to {}",
+                guest.vm,
+                guest.node,
+                vm.node.as_deref().unwrap_or("no node")
+            )),
+            Some(vm) if vm.epoch != guest.epoch => problems.push(format!(
+                "{} runs on {} with epoch {}, the assignment is epoch {}",
+                guest.vm, guest.node, guest.epoch, vm.epoch
+            )),
+            Some(vm) if vm.desired != "running" => problems.push(format!(
+                "{} runs on {} but is desired {}",
+                guest.vm, guest.node, vm.desired
+            )),
+            Some(_) => {}
+        }
+    }
+    for (vm, guests) in &live {
+        if guests.len() > 1 {
+            problems.push(format!("{vm} has {} live guests", guests.len()));
+        }
+    }
+    for vm in cluster {
+        if vm.desired == "running" && vm.node.is_some() && !live.contains_key(vm.name.as_str()) {
+            problems.push(format!(
+                "{} is desired running on {} but no guest lives there",
+                vm.name,
+                vm.node.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(name: &str, node: Option<&str>, epoch: u64, desired: &str, state: &str) -> ClusterVm {
+        ClusterVm {
+            name: name.into(),
+            node: node.map(String::from),
+            epoch,
+            desired: desired.into(),
+            state: state.into(),
+            waiting: String::new(),
+        }
+    }
+
+    fn guest(node: &str, vm: &str, epoch: u64, alive: bool) -> HostGuest {
+        HostGuest {
+            node: node.into(),
+            vm: vm.into(),
+            epoch,
+            pid: 1,
+            alive,
+        }
+    }
+
+    #[test]
+    fn a_converged_run_passes() {
+        let report = check(&VmsFinal {
+            cluster: vec![
+                vm("a", Some("n1"), 3, "running", "running"),
+                vm("b", Some("n2"), 4, "stopped", "stopped"),
+            ],
+            hosts: vec![guest("n1", "a", 3, true), guest("n2", "b", 4, false)],
+            settled_after_ms: Some(10),
+        });
+        assert!(report.valid(), "{report:?}");
+    }
+
+    #[test]
+    fn catches_unconverged_vms_and_stray_guests() {
+        let report = check(&VmsFinal {
+            cluster: vec![
+                vm("a", Some("n1"), 3, "running", "starting"),
+                vm("b", Some("n2"), 4, "running", "running"),
+                vm("c", None, 0, "running", "pending"),
+            ],
+            hosts: vec![
+                guest("n1", "a", 2, true),
+                guest("n3", "b", 4, true),
+                guest("n2", "gone", 1, true),
+            ],
+            settled_after_ms: None,
+        });
+        assert!(!report.valid());
+        assert_eq!(report.not_converged.len(), 2, "{report:?}");
+        let problems = report.host_problems.join("\n");
+        assert!(problems.contains("a runs on n1 with epoch 2"), "{problems}");
+        assert!(
+            problems.contains("b runs on n3 but is assigned to n2"),
+            "{problems}"
+        );
+        assert!(problems.contains("gone runs on n2"), "{problems}");
+        assert!(
+            problems.contains("b is desired running on n2 but no guest"),
+            "{problems}"
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The VM workload: clients create, start, stop and delete a small set of VMs against random
+//! nodes while faults fly, recording each operation in `vm_ops.jsonl` (invoke, then `ok`,
+//! `fail` — certainly not applied — or `info` — unknown). After healing, [`collect`] records
+//! what the cluster and the hosts ended up with (`vms_final.json`) for
+//! [`crate::check::vms`].
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use paddock_api::client::{Client, ClientError};
+use paddock_api::pb;
+use paddock_cli::local_cluster::LocalCluster;
+use serde::{Deserialize, Serialize};
+
+/// VM names the workload uses (`vm-0` …).
+pub const VMS: usize = 8;
+
+/// One line of `vm_ops.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmOp {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub process: u64,
+    pub f: String,
+    pub vm: String,
+    pub time: u64,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub struct VmRecorder {
+    pub start: Instant,
+    pub out: Mutex<std::fs::File>,
+}
+
+impl VmRecorder {
+    fn record(
+        &self,
+        kind: &str,
+        process: u64,
+        f: &str,
+        vm: &str,
+        node: &str,
+        error: Option<String>,
+    ) {
+        let op = VmOp {
+            kind: kind.into(),
+            process,
+            f: f.into(),
+            vm: vm.into(),
+            time: self.start.elapsed().as_nanos() as u64,
+            node: node.into(),
+            error,
+        };
+        if let (Ok(mut out), Ok(line)) = (self.out.lock(), serde_json::to_string(&op)) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+}
+
+/// Small guests: a chaos run keeps a few dozen of them alive on one machine.
+pub fn spec() -> pb::VmSpec {
+    pb::VmSpec {
+        cpus: 1,
+        memory_mib: 64,
+        ..Default::default()
+    }
+}
+
+/// Runs one VM client until `end`.
+pub async fn worker(
+    recorder: Arc<VmRecorder>,
+    process_base: u64,
+    endpoints: Vec<(String, String)>,
+    tls: tonic::transport::ClientTlsConfig,
+    seed: u64,
+    end: Instant,
+) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut process = process_base;
+    while Instant::now() < end {
+        let (node, address) = endpoints[rng.usize(..endpoints.len())].clone();
+        let Ok(mut client) = Client::new(&[address], tls.clone(), Duration::from_millis(1500))
+        else {
+            return;
+        };
+        let vm = format!("vm-{}", rng.usize(..VMS));
+        let f = ["create", "create", "start", "stop", "delete"][rng.usize(..5)];
+        recorder.record("invoke", process, f, &vm, &node, None);
+        let result = match f {
+            "create" => client.vm_create(&vm, spec(), false).await,
+            "start" => client.vm_set_desired(&vm, true).await,
+            "stop" => client.vm_set_desired(&vm, false).await,
+            _ => client.vm_delete(&vm).await,
+        };
+        match result {
+            Ok(()) => recorder.record("ok", process, f, &vm, &node, None),
+            Err(e) => {
+                let certain = matches!(
+                    e.code(),
+                    Some(
+                        tonic::Code::InvalidArgument
+                            | tonic::Code::NotFound
+                            | tonic::Code::AlreadyExists
+                            | tonic::Code::FailedPrecondition
+                    )
+                );
+                let kind = if certain { "fail" } else { "info" };
+                recorder.record(kind, process, f, &vm, &node, Some(describe(&e)));
+                if !certain {
+                    // Unknown outcome: this process ends, as in the KV workload.
+                    process += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..400))).await;
+    }
+}
+
+fn describe(e: &ClientError) -> String {
+    e.to_string().chars().take(200).collect()
+}
+
+/// The cluster's view of one VM after healing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterVm {
+    pub name: String,
+    pub node: Option<String>,
+    pub epoch: u64,
+    pub desired: String,
+    pub state: String,
+    pub waiting: String,
+}
+
+/// A guest process found on a host after healing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostGuest {
+    pub node: String,
+    pub vm: String,
+    pub epoch: u64,
+    pub pid: u64,
+    pub alive: bool,
+}
+
+/// What `vms_final.json` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmsFinal {
+    pub cluster: Vec<ClusterVm>,
+    pub hosts: Vec<HostGuest>,
+    /// How long after healing the observed states matched the desired ones (None: never,
+    /// within the wait).
+    pub settled_after_ms: Option<u64>,
+}
+
+/// Waits (up to `wait`) until every VM's observed state matches its desired state, then
+/// records the cluster's VMs and every host's guests.
+pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyhow::Result<()> {
+    let mut client = cluster.client(Duration::from_secs(30))?;
+    let started = Instant::now();
+    let mut settled_after_ms = None;
+    let mut vms;
+    loop {
+        vms = client.vm_list(false).await?;
+        if vms.iter().all(settled) && hosts_match(cluster, &vms) {
+            settled_after_ms = Some(started.elapsed().as_millis() as u64);
+            break;
+        }
+        if started.elapsed() > wait {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut cluster_vms = Vec::new();
+    for v in &vms {
+        let waiting = if v.node.is_empty() {
+            client
+                .vm_get(&v.name, false)
+                .await
+                .map(|d| d.waiting)
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        cluster_vms.push(ClusterVm {
+            name: v.name.clone(),
+            node: (!v.node.is_empty()).then(|| v.node.clone()),
+            epoch: v.epoch,
+            desired: v.desired.clone(),
+            state: v.state.clone(),
+            waiting,
+        });
+    }
+    let report = VmsFinal {
+        cluster: cluster_vms,
+        hosts: host_guests(cluster),
+        settled_after_ms,
+    };
+    std::fs::write(
+        out.join("vms_final.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(())
+}
+
+fn settled(vm: &pb::VmSummary) -> bool {
+    match vm.desired.as_str() {
+        "running" => vm.state == "running" || (vm.node.is_empty() && vm.state == "pending"),
+        _ => vm.state == "stopped" || vm.node.is_empty(),
+    }
+}
+
+fn hosts_match(cluster: &LocalCluster, vms: &[pb::VmSummary]) -> bool {
+    let guests = host_guests(cluster);
+    crate::check::vms::host_problems(
+        &vms.iter()
+            .map(|v| ClusterVm {
+                name: v.name.clone(),
+                node: (!v.node.is_empty()).then(|| v.node.clone()),
+                epoch: v.epoch,
+                desired: v.desired.clone(),
+                state: v.state.clone(),
+                waiting: String::new(),
+            })
+            .collect::<Vec<_>>(),
+        &guests,
+    )
+    .is_empty()
+}
+
+/// Every memvm guest recorded on every node (from the driver's directories), alive or not.
+pub fn host_guests(cluster: &LocalCluster) -> Vec<HostGuest> {
+    let mut guests = Vec::new();
+    for node in &cluster.nodes {
+        let dir = node.data_dir.join("memvm/vms");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let record: serde_json::Value = std::fs::read(entry.path().join("guest.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let (Some(pid), Some(epoch)) = (record["pid"].as_u64(), record["epoch"].as_u64())
+            else {
+                continue;
+            };
+            guests.push(HostGuest {
+                node: node.name.clone(),
+                vm: entry.file_name().to_string_lossy().to_string(),
+                epoch,
+                pid,
+                alive: alive(pid),
+            });
+        }
+    }
+    guests
+}
+
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
