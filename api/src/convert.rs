@@ -1,5 +1,6 @@
 //! Conversions between protobuf messages and model types.
 
+use paddock_model::query::VmSummary;
 use paddock_model::vm::{Constraints, Disk};
 use paddock_model::{Command, RequestId, Vm, VmSpec};
 
@@ -118,18 +119,24 @@ impl From<&VmSpec> for pb::VmSpec {
     }
 }
 
-impl From<&Vm> for pb::VmSummary {
-    fn from(vm: &Vm) -> Self {
+impl From<&VmSummary> for pb::VmSummary {
+    fn from(vm: &VmSummary) -> Self {
         pb::VmSummary {
             name: vm.name.clone(),
-            node: vm.node().unwrap_or_default().to_string(),
+            node: vm.node.clone().unwrap_or_default(),
             state: vm.observed.name().to_string(),
             desired: vm.desired.name().to_string(),
-            cpus: vm.spec.cpus,
-            memory_mib: vm.spec.memory_mib,
-            ha: vm.spec.ha,
-            epoch: vm.assignment.as_ref().map(|a| a.epoch).unwrap_or(0),
+            cpus: vm.cpus,
+            memory_mib: vm.memory_mib,
+            ha: vm.ha,
+            epoch: vm.epoch,
         }
+    }
+}
+
+impl From<&Vm> for pb::VmSummary {
+    fn from(vm: &Vm) -> Self {
+        (&VmSummary::from(vm)).into()
     }
 }
 

@@ -40,6 +40,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = "redb")]
         storage: String,
     },
+    /// VM creates placed and running on memvm nodes; then `vm list` latency from a follower and
+    /// node memory with many VMs in the state.
+    Vms {
+        /// VMs created running (each a memvm guest process of 1 MiB).
+        #[arg(long, default_value_t = 2_000)]
+        vms: usize,
+        /// VMs in the state for the list and memory figures (the extra ones created stopped).
+        #[arg(long, default_value_t = 10_000)]
+        list_vms: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// `vm list` calls timed.
+        #[arg(long, default_value_t = 100)]
+        lists: usize,
+    },
     /// Node memory with many keys, and the time a restarted node takes to be ready.
     State {
         #[arg(long, default_value_t = 100_000)]
@@ -67,7 +82,147 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             value_size,
             storage,
         } => state(keys, value_size, &storage).await,
+        BenchCommand::Vms {
+            vms,
+            list_vms,
+            clients,
+            lists,
+        } => self::vms(vms, list_vms, clients, lists).await,
     }
+}
+
+/// Creates `names` with `clients` concurrent clients; returns how many failed.
+async fn create_vms(
+    cluster: &LocalCluster,
+    names: Vec<String>,
+    clients: usize,
+    stopped: bool,
+) -> Result<usize, Failure> {
+    let names = Arc::new(names);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = cluster.client(Duration::from_secs(30))?;
+        let names = names.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for name in names.iter().skip(c).step_by(clients) {
+                let spec = paddock_api::pb::VmSpec {
+                    cpus: 1,
+                    memory_mib: 1,
+                    ..Default::default()
+                };
+                if client.vm_create(name, spec, stopped).await.is_err() {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await?;
+    }
+    Ok(failed)
+}
+
+async fn vms(vms: usize, list_vms: usize, clients: usize, lists: usize) -> Result<(), Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-bench-")
+        .tempdir()?;
+    let spec = LocalClusterSpec {
+        nodes: 3,
+        base_port: None,
+        extra_args: [
+            "--cpus",
+            "1000000",
+            "--memory",
+            "1000TiB",
+            "--memvm-working-set",
+            "1MiB",
+            "--memvm-dirty-rate",
+            "10",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
+    cluster.start_all()?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let mut watcher = cluster.client_of(
+        vec![cluster.nodes[leader].address.clone()],
+        Duration::from_secs(30),
+    )?;
+    while watcher.node_list(true).await?.len() < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("bench vms: 3 nodes (memvm), {vms} VMs created running by {clients} clients");
+
+    let started = Instant::now();
+    let names: Vec<String> = (0..vms).map(|i| format!("vm-{i:06}")).collect();
+    let failed = create_vms(&cluster, names, clients, false).await?;
+    let acked = started.elapsed();
+    let (mut placed_at, mut running_at) = (None, None);
+    while running_at.is_none() && started.elapsed() < Duration::from_secs(600) {
+        let list = watcher.vm_list(true).await?;
+        if placed_at.is_none() && list.iter().filter(|v| !v.node.is_empty()).count() >= vms - failed
+        {
+            placed_at = Some(started.elapsed());
+        }
+        if list.iter().filter(|v| v.state == "running").count() >= vms - failed {
+            running_at = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = |d: Option<Duration>| d.map(|d| ((vms - failed) as f64 / d.as_secs_f64()).round());
+    println!(
+        "{}",
+        json!({"bench": "vm-creates", "vms": vms, "failed": failed,
+               "acked_s": ms(acked) / 1000.0, "acked_per_s": rate(Some(acked)),
+               "all_placed_s": placed_at.map(|d| ms(d) / 1000.0), "placed_per_s": rate(placed_at),
+               "all_running_s": running_at.map(|d| ms(d) / 1000.0), "running_per_s": rate(running_at)})
+    );
+
+    // More VMs, created stopped (no guests), for the list and memory figures.
+    let extra: Vec<String> = (vms..list_vms.max(vms))
+        .map(|i| format!("vm-{i:06}"))
+        .collect();
+    let failed_extra = create_vms(&cluster, extra, clients, true).await?;
+    let follower = (0..cluster.nodes.len()).find(|i| *i != leader).unwrap_or(0);
+    let mut from_follower = cluster.client_of(
+        vec![cluster.nodes[follower].address.clone()],
+        Duration::from_secs(30),
+    )?;
+    let mut results = Vec::new();
+    for stale in [false, true] {
+        let mut took = Vec::new();
+        let mut count = 0;
+        for _ in 0..lists {
+            let t = Instant::now();
+            count = from_follower.vm_list(stale).await?.len();
+            took.push(t.elapsed());
+        }
+        took.sort();
+        results.push(json!({"stale": stale, "vms_listed": count,
+            "p50_ms": ms(percentile(&took, 0.5)), "p99_ms": ms(percentile(&took, 0.99))}));
+    }
+    println!(
+        "{}",
+        json!({"bench": "vm-list", "from": cluster.nodes[follower].name, "failed_creates": failed_extra, "calls": lists, "results": results})
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut memory = Vec::new();
+    for node in &cluster.nodes {
+        if let Some(child) = &node.child {
+            let (rss, peak) = memory_mib(child.id());
+            memory.push(json!({"node": node.name, "rss_mib": rss, "peak_rss_mib": peak}));
+        }
+    }
+    println!(
+        "{}",
+        json!({"bench": "vm-memory", "vms_in_state": list_vms.max(vms), "memory": memory})
+    );
+    cluster.stop_all();
+    Ok(())
 }
 
 async fn start_cluster(

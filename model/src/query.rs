@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Node;
 use crate::state::ClusterState;
-use crate::vm::Vm;
+use crate::vm::{Desired, Vm, VmState};
 
 /// Most keys one `KvList` answers, so a list can never exhaust a node's memory or a message
 /// size limit; clients page with `start_after`.
@@ -36,6 +36,34 @@ pub enum Query {
     Settings,
 }
 
+/// One line of `vm list`: what an operator scans for, nothing that grows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSummary {
+    pub name: String,
+    pub node: Option<String>,
+    pub epoch: u64,
+    pub observed: VmState,
+    pub desired: Desired,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub ha: bool,
+}
+
+impl From<&Vm> for VmSummary {
+    fn from(vm: &Vm) -> Self {
+        VmSummary {
+            name: vm.name.clone(),
+            node: vm.node().map(String::from),
+            epoch: vm.assignment.as_ref().map_or(0, |a| a.epoch),
+            observed: vm.observed,
+            desired: vm.desired,
+            cpus: vm.spec.cpus,
+            memory_mib: vm.spec.memory_mib,
+            ha: vm.spec.ha,
+        }
+    }
+}
+
 /// A node with the names of the VMs assigned to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeEntry {
@@ -53,7 +81,7 @@ pub enum QueryResult {
     },
     Nodes(Vec<NodeEntry>),
     Vms {
-        vms: Vec<Vm>,
+        vms: Vec<VmSummary>,
         more: bool,
     },
     Vm(Option<Box<Vm>>),
@@ -117,10 +145,7 @@ impl ClusterState {
                 let vms = matching
                     .by_ref()
                     .take(limit)
-                    .map(|(_, vm)| Vm {
-                        events: Vec::new(),
-                        ..vm.clone()
-                    })
+                    .map(|(_, vm)| VmSummary::from(vm))
                     .collect();
                 QueryResult::Vms {
                     vms,
