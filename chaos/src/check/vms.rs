@@ -93,9 +93,14 @@ pub fn host_problems(cluster: &[ClusterVm], hosts: &[HostGuest]) -> Vec<String> 
         }
     }
     for vm in cluster {
-        if vm.desired == "running" && vm.node.is_some() && !live.contains_key(vm.name.as_str()) {
+        let in_place = live.get(vm.name.as_str()).is_some_and(|guests| {
+            guests
+                .iter()
+                .any(|g| Some(g.node.as_str()) == vm.node.as_deref() && g.epoch == vm.epoch)
+        });
+        if vm.desired == "running" && vm.node.is_some() && !in_place {
             problems.push(format!(
-                "{} is desired running on {} but no guest lives there",
+                "{} is desired running on {} but no guest of its epoch lives there",
                 vm.name,
                 vm.node.as_deref().unwrap_or_default()
             ));

@@ -7,8 +7,10 @@
 //! - It rewrites `status.json` (state, counter) and its run interval file
 //!   (`runs/VM-EPOCH-PID.json`: vm, node, epoch, start, end) every [`RECORD_EVERY`], so the
 //!   chaos checkers can prove a VM never ran on two nodes at once.
+//! - A small device-state blob ("registers") changes with every step, as a real VM's does.
 //! - It stops cleanly when a `stop` file appears in its directory (the driver's shutdown
-//!   request), writing the memory checksum and its final interval; SIGKILL is "pull the plug".
+//!   request), writing the memory checksum, the device state (`device.bin`) and its final
+//!   interval; SIGKILL is "pull the plug".
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,10 +68,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Size of the device-state blob ("registers" and device queues of a real VM).
+pub const DEVICE_STATE_BYTES: usize = 256;
+
 /// Guest memory and execution state.
 pub struct Guest {
     pub memory: Vec<u8>,
     pub counter: u64,
+    /// Device state: every step updates it, so it must move with the memory in a migration
+    /// for the guest to continue where it was.
+    pub device_state: [u8; DEVICE_STATE_BYTES],
     working_set_pages: usize,
 }
 
@@ -80,6 +88,7 @@ impl Guest {
         Guest {
             memory: vec![0; bytes.max(PAGE)],
             counter: 0,
+            device_state: [0; DEVICE_STATE_BYTES],
             working_set_pages: ((working_set_mib as usize) << 20)
                 .div_ceil(PAGE)
                 .clamp(1, pages),
@@ -95,6 +104,11 @@ impl Guest {
             let at = page * PAGE;
             self.memory[at..at + 8].copy_from_slice(&self.counter.to_le_bytes());
         }
+        // "Registers": the counter and the last page touched, in a slot that rotates.
+        let slot = (self.counter as usize % (DEVICE_STATE_BYTES / 16)) * 16;
+        self.device_state[slot..slot + 8].copy_from_slice(&self.counter.to_le_bytes());
+        let page = (self.counter.wrapping_mul(0x9E37_79B9) as usize) % self.working_set_pages;
+        self.device_state[slot + 8..slot + 16].copy_from_slice(&(page as u64).to_le_bytes());
     }
 
     pub fn checksum(&self) -> u64 {
@@ -164,6 +178,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     }
     interval.end_ms = now_ms();
     write_json(&run_path, &interval)?;
+    std::fs::write(config.dir.join("device.bin"), guest.device_state)?;
     let status = GuestStatus {
         vm: config.vm.clone(),
         epoch: config.epoch,
@@ -188,6 +203,7 @@ mod tests {
         guest.step(1000);
         assert_eq!(guest.counter, 1000);
         assert_ne!(guest.checksum(), before);
+        assert!(guest.device_state.iter().any(|b| *b != 0));
         let working_set = 1 << 20;
         assert!(guest.memory[working_set..].iter().all(|b| *b == 0));
     }
@@ -216,6 +232,9 @@ mod tests {
         stopper.join().expect("stopper");
         assert_eq!(status.state, "stopped");
         assert!(status.counter > 0);
+        assert!(status.checksum.is_some());
+        let device = std::fs::read(dir.path().join("device.bin")).expect("device state");
+        assert_eq!(device.len(), DEVICE_STATE_BYTES);
         let runs: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
             .expect("runs")
             .collect();
