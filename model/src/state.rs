@@ -295,11 +295,65 @@ mod tests {
     fn arb_request() -> impl Strategy<Value = ClientRequest> {
         let key = prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(String::from);
         let value = "[xyz]{0,2}";
+        let node = prop_oneof![Just("n1"), Just("n2")].prop_map(String::from);
+        let vm = prop_oneof![Just("v1"), Just("v2"), Just("v3")].prop_map(String::from);
+        let spec = (
+            1u32..4,
+            64u64..2048,
+            proptest::option::of(Just("g".to_string())),
+        )
+            .prop_map(|(cpus, memory_mib, anti_affinity)| crate::vm::VmSpec {
+                cpus,
+                memory_mib,
+                disks: Vec::new(),
+                labels: Default::default(),
+                ha: false,
+                priority: 0,
+                constraints: crate::vm::Constraints {
+                    anti_affinity,
+                    ..Default::default()
+                },
+            });
+        let state = prop_oneof![
+            Just(crate::vm::VmState::Running),
+            Just(crate::vm::VmState::Stopped),
+            Just(crate::vm::VmState::Failed)
+        ];
         let command = prop_oneof![
             (key.clone(), value).prop_map(|(key, value)| Command::KvPut { key, value }),
             key.clone().prop_map(|key| Command::KvDelete { key }),
             (key, proptest::option::of(value), value)
                 .prop_map(|(key, expect, value)| Command::KvCas { key, expect, value }),
+            (node.clone(), 1u32..8).prop_map(|(name, cpus)| Command::NodeRegister {
+                name,
+                capacity: crate::Resources {
+                    cpus,
+                    memory_mib: 4096,
+                    disk_mib: 0,
+                },
+                labels: Default::default(),
+                driver: "memvm".into(),
+            }),
+            (vm.clone(), spec).prop_map(|(name, spec)| Command::VmCreate {
+                name,
+                spec,
+                desired: crate::vm::Desired::Running,
+            }),
+            (vm.clone(), node.clone()).prop_map(|(vm, node)| Command::VmPlace {
+                placements: vec![crate::Placement { vm, node }],
+            }),
+            vm.clone().prop_map(|name| Command::VmDelete { name }),
+            (node, vm, 0u64..4, state).prop_map(|(node, vm, epoch, state)| {
+                Command::VmObserved {
+                    node,
+                    reports: vec![crate::VmReport {
+                        vm,
+                        epoch,
+                        state,
+                        reason: None,
+                    }],
+                }
+            }),
         ];
         let id = proptest::option::of(
             (0u64..3, 0u64..4).prop_map(|(client, seq)| RequestId { client, seq }),
@@ -324,6 +378,17 @@ mod tests {
                 b = crate::codec::decode(&bytes).expect("decode");
             }
             prop_assert_eq!(a.digest(), b.digest());
+            // The allocation apply keeps equals the sum of the VMs assigned to each node (a
+            // node that re-registers with less capacity may end up over-committed: that is
+            // the operator's doing, and placement then finds no room there).
+            for node in a.nodes.values() {
+                let sum = a
+                    .vms
+                    .values()
+                    .filter(|vm| vm.node() == Some(node.name.as_str()))
+                    .fold(crate::Resources::default(), |acc, vm| acc.plus(&vm.spec.resources()));
+                prop_assert_eq!(node.allocated, sum);
+            }
             prop_assert_eq!(a, b);
         }
     }
