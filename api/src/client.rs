@@ -381,6 +381,32 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Creates `vms` (name, spec) in one log entry, all or none.
+    pub async fn vm_create_many(
+        &mut self,
+        vms: Vec<(String, pb::VmSpec)>,
+        stopped: bool,
+    ) -> Result<(), ClientError> {
+        let request = pb::VmCreateManyRequest {
+            vms: vms
+                .into_iter()
+                .map(|(name, spec)| pb::VmCreateRequest {
+                    name,
+                    spec: Some(spec),
+                    stopped,
+                    request_id: None,
+                })
+                .collect(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).create_many(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Every VM, paging through the server's limit.
     pub async fn vm_list(&mut self, stale: bool) -> Result<Vec<pb::VmSummary>, ClientError> {
         let mut vms = Vec::new();

@@ -51,6 +51,9 @@ pub enum BenchCommand {
         list_vms: usize,
         #[arg(long, default_value_t = 64)]
         clients: usize,
+        /// VMs per create request (CreateMany, one log entry each); 1: one request per VM.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// `vm list` calls timed.
         #[arg(long, default_value_t = 100)]
         lists: usize,
@@ -86,8 +89,9 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             vms,
             list_vms,
             clients,
+            batch,
             lists,
-        } => self::vms(vms, list_vms, clients, lists).await,
+        } => self::vms(vms, list_vms, clients, batch.max(1), lists).await,
     }
 }
 
@@ -96,23 +100,34 @@ async fn create_vms(
     cluster: &LocalCluster,
     names: Vec<String>,
     clients: usize,
+    batch: usize,
     stopped: bool,
 ) -> Result<usize, Failure> {
-    let names = Arc::new(names);
+    let batches: Arc<Vec<Vec<String>>> =
+        Arc::new(names.chunks(batch).map(<[String]>::to_vec).collect());
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut client = cluster.client(Duration::from_secs(30))?;
-        let names = names.clone();
+        let batches = batches.clone();
         tasks.push(tokio::spawn(async move {
+            let spec = paddock_api::pb::VmSpec {
+                cpus: 1,
+                memory_mib: 1,
+                ..Default::default()
+            };
             let mut failed = 0;
-            for name in names.iter().skip(c).step_by(clients) {
-                let spec = paddock_api::pb::VmSpec {
-                    cpus: 1,
-                    memory_mib: 1,
-                    ..Default::default()
+            for names in batches.iter().skip(c).step_by(clients) {
+                let ok = if names.len() == 1 {
+                    client
+                        .vm_create(&names[0], spec.clone(), stopped)
+                        .await
+                        .is_ok()
+                } else {
+                    let vms = names.iter().map(|n| (n.clone(), spec.clone())).collect();
+                    client.vm_create_many(vms, stopped).await.is_ok()
                 };
-                if client.vm_create(name, spec, stopped).await.is_err() {
-                    failed += 1;
+                if !ok {
+                    failed += names.len();
                 }
             }
             failed
@@ -125,7 +140,13 @@ async fn create_vms(
     Ok(failed)
 }
 
-async fn vms(vms: usize, list_vms: usize, clients: usize, lists: usize) -> Result<(), Failure> {
+async fn vms(
+    vms: usize,
+    list_vms: usize,
+    clients: usize,
+    batch: usize,
+    lists: usize,
+) -> Result<(), Failure> {
     let dir = tempfile::Builder::new()
         .prefix("paddock-bench-")
         .tempdir()?;
@@ -155,11 +176,11 @@ async fn vms(vms: usize, list_vms: usize, clients: usize, lists: usize) -> Resul
     while watcher.node_list(true).await?.len() < 3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("bench vms: 3 nodes (memvm), {vms} VMs created running by {clients} clients");
+    println!("bench vms: 3 nodes (memvm), {vms} VMs created running by {clients} clients, {batch} per request");
 
     let started = Instant::now();
     let names: Vec<String> = (0..vms).map(|i| format!("vm-{i:06}")).collect();
-    let failed = create_vms(&cluster, names, clients, false).await?;
+    let failed = create_vms(&cluster, names, clients, batch, false).await?;
     let acked = started.elapsed();
     let (mut placed_at, mut running_at) = (None, None);
     while running_at.is_none() && started.elapsed() < Duration::from_secs(600) {
@@ -176,7 +197,7 @@ async fn vms(vms: usize, list_vms: usize, clients: usize, lists: usize) -> Resul
     let rate = |d: Option<Duration>| d.map(|d| ((vms - failed) as f64 / d.as_secs_f64()).round());
     println!(
         "{}",
-        json!({"bench": "vm-creates", "vms": vms, "failed": failed,
+        json!({"bench": "vm-creates", "vms": vms, "batch": batch, "failed": failed,
                "acked_s": ms(acked) / 1000.0, "acked_per_s": rate(Some(acked)),
                "all_placed_s": placed_at.map(|d| ms(d) / 1000.0), "placed_per_s": rate(placed_at),
                "all_running_s": running_at.map(|d| ms(d) / 1000.0), "running_per_s": rate(running_at)})
@@ -186,7 +207,7 @@ async fn vms(vms: usize, list_vms: usize, clients: usize, lists: usize) -> Resul
     let extra: Vec<String> = (vms..list_vms.max(vms))
         .map(|i| format!("vm-{i:06}"))
         .collect();
-    let failed_extra = create_vms(&cluster, extra, clients, true).await?;
+    let failed_extra = create_vms(&cluster, extra, clients, 500, true).await?;
     let follower = (0..cluster.nodes.len()).find(|i| *i != leader).unwrap_or(0);
     let mut from_follower = cluster.client_of(
         vec![cluster.nodes[follower].address.clone()],

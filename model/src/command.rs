@@ -99,6 +99,20 @@ pub enum Command {
         key: String,
         value: String,
     },
+    /// Several VMs at once, all or none (`paddock vm create NAME --count N`).
+    VmCreateMany {
+        vms: Vec<NewVm>,
+    },
+}
+
+/// Most VMs one `VmCreateMany` may carry.
+pub const MAX_CREATE_MANY: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewVm {
+    pub name: String,
+    pub spec: VmSpec,
+    pub desired: Desired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +207,21 @@ impl Command {
             Command::VmCreate { name, spec, .. } => {
                 crate::vm::validate_vm_name(name).map_err(invalid)?;
                 spec.validate().map_err(invalid)
+            }
+            Command::VmCreateMany { vms } => {
+                if vms.is_empty() || vms.len() > MAX_CREATE_MANY {
+                    return Err(invalid(format!(
+                        "create 1–{MAX_CREATE_MANY} VMs at once, not {}",
+                        vms.len()
+                    )));
+                }
+                for vm in vms {
+                    crate::vm::validate_vm_name(&vm.name).map_err(invalid)?;
+                    vm.spec
+                        .validate()
+                        .map_err(|e| invalid(format!("{}: {e}", vm.name)))?;
+                }
+                Ok(())
             }
             Command::NodeCordon { .. }
             | Command::VmSetDesired { .. }

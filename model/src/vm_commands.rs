@@ -57,19 +57,23 @@ impl ClusterState {
                         name: name.clone(),
                     });
                 }
-                let mut vm = Vm {
-                    name: name.clone(),
-                    spec: spec.clone(),
-                    desired: *desired,
-                    assignment: None,
-                    observed: VmState::Pending,
-                    reason: None,
-                    waiting: None,
-                    events: Vec::new(),
-                    created_ms: at_ms,
-                };
-                vm.event(at_ms, format!("created, desired {}", desired.name()));
-                self.vms.insert(name.clone(), vm);
+                self.insert_vm(name, spec, *desired, at_ms);
+                Ok(Response::Done)
+            }
+            Command::VmCreateMany { vms } => {
+                // All or none: check every name first.
+                let mut names = std::collections::BTreeSet::new();
+                for vm in vms {
+                    if self.vms.contains_key(&vm.name) || !names.insert(vm.name.as_str()) {
+                        return Err(Rejection::AlreadyExists {
+                            kind: "VM".into(),
+                            name: vm.name.clone(),
+                        });
+                    }
+                }
+                for vm in vms {
+                    self.insert_vm(&vm.name, &vm.spec, vm.desired, at_ms);
+                }
                 Ok(Response::Done)
             }
             Command::VmSetDesired { name, desired } => {
@@ -111,6 +115,22 @@ impl ClusterState {
                 unreachable!("key/value commands are applied by ClusterState::apply_command")
             }
         }
+    }
+
+    fn insert_vm(&mut self, name: &str, spec: &crate::VmSpec, desired: Desired, at_ms: u64) {
+        let mut vm = Vm {
+            name: name.to_string(),
+            spec: spec.clone(),
+            desired,
+            assignment: None,
+            observed: VmState::Pending,
+            reason: None,
+            waiting: None,
+            events: Vec::new(),
+            created_ms: at_ms,
+        };
+        vm.event(at_ms, format!("created, desired {}", desired.name()));
+        self.vms.insert(name.to_string(), vm);
     }
 
     /// Frees what `vm` held on its node.

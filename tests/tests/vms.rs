@@ -201,6 +201,23 @@ async fn lifecycle_through_a_follower_and_deletes_make_room() -> anyhow::Result<
         .events
         .iter()
         .any(|e| e.message.starts_with("scheduled on ")));
+    // Many at once: all or none.
+    let batch: Vec<(String, pb::VmSpec)> = (0..20)
+        .map(|i| (format!("batch-{i}"), spec_of(1, 64)))
+        .collect();
+    client.vm_create_many(batch, true).await?;
+    let clash = vec![
+        ("batch-new".to_string(), spec_of(1, 64)),
+        ("batch-3".to_string(), spec_of(1, 64)),
+    ];
+    let refused = client.vm_create_many(clash, true).await;
+    assert!(format!("{:?}", refused.err()).contains("batch-3 already exists"));
+    let all = vms(&mut client).await?;
+    assert_eq!(all.keys().filter(|n| n.starts_with("batch-")).count(), 20);
+    assert!(all
+        .values()
+        .filter(|v| v.name.starts_with("batch-"))
+        .all(|v| v.desired == "stopped" && v.node.is_empty()));
     // Bad requests get clear refusals.
     let dup = client.vm_create("late", spec_of(1, 64), false).await;
     assert!(format!("{:?}", dup.err()).contains("already exists"));

@@ -16,7 +16,7 @@ use crate::output::{exit, parse_duration, Failure, Output};
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Define a VM; it is placed and started unless --stopped.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Every VM: node, observed and desired state, size, HA, epoch.
     List {
         #[arg(long)]
@@ -89,6 +89,10 @@ pub struct CreateArgs {
     /// Create without starting.
     #[arg(long)]
     pub stopped: bool,
+    /// Create N VMs named NAME-1 … NAME-N with this spec, in batches of up to 1,000 per log
+    /// entry (each batch all or none).
+    #[arg(long)]
+    pub count: Option<usize>,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -146,13 +150,34 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                 affinity: args.affinity.unwrap_or_default(),
                 prefer: args.prefer,
             };
+            let want = if args.stopped { "stopped" } else { "running" };
+            if let Some(count) = args.count {
+                if count == 0 {
+                    return Err(Failure::new(exit::ERROR, "--count must be at least 1"));
+                }
+                let names: Vec<String> =
+                    (1..=count).map(|i| format!("{}-{i}", args.name)).collect();
+                for chunk in names.chunks(1000) {
+                    let batch = chunk.iter().map(|n| (n.clone(), spec.clone())).collect();
+                    client
+                        .vm_create_many(batch, args.stopped)
+                        .await
+                        .map_err(client_failure)?;
+                }
+                eprintln!("created {} … {}", names[0], names[names.len() - 1]);
+                if args.wait.wait {
+                    for name in &names {
+                        wait_for(&mut client, name, want, &args.wait).await?;
+                    }
+                }
+                return Ok(());
+            }
             client
                 .vm_create(&args.name, spec, args.stopped)
                 .await
                 .map_err(client_failure)?;
             eprintln!("created {}", args.name);
             if args.wait.wait {
-                let want = if args.stopped { "stopped" } else { "running" };
                 wait_for(&mut client, &args.name, want, &args.wait).await?;
             }
         }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use paddock_api::pb::{self, nodes_server, settings_server, vms_server};
+use paddock_model::command::NewVm;
 use paddock_model::query::{NodeEntry, MAX_LIST_LIMIT};
 use paddock_model::vm::Desired;
 use paddock_model::{Command, Query, QueryResult, Response as Applied, VmSpec};
@@ -135,6 +136,36 @@ impl vms_server::Vms for VmsService {
                 spec,
                 desired,
             },
+        )
+        .await?;
+        Ok(reply(&self.proposer, pb::VmCreateResponse {}))
+    }
+
+    async fn create_many(
+        &self,
+        request: Request<pb::VmCreateManyRequest>,
+    ) -> Result<Response<pb::VmCreateResponse>, Status> {
+        require_writer(&request)?;
+        let pb::VmCreateManyRequest { vms, request_id } = request.into_inner();
+        let mut new = Vec::with_capacity(vms.len());
+        for vm in vms {
+            let spec = VmSpec::from(&vm.spec.unwrap_or_default());
+            spec.validate()
+                .map_err(|e| Status::invalid_argument(format!("{}: {e}", vm.name)))?;
+            new.push(NewVm {
+                name: vm.name,
+                spec,
+                desired: if vm.stopped {
+                    Desired::Stopped
+                } else {
+                    Desired::Running
+                },
+            });
+        }
+        done(
+            &self.proposer,
+            request_id,
+            Command::VmCreateMany { vms: new },
         )
         .await?;
         Ok(reply(&self.proposer, pb::VmCreateResponse {}))
