@@ -208,11 +208,13 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
     let mut summary = summary;
     if let Some(vms) = &report.vms {
         summary.push_str(&format!(
-            "vms: {} ({} running), not converged: {}, host problems: {}, settled after {}\n",
+            "vms: {} ({} running), not converged: {}, host problems: {}, ran twice: {} (of {} run intervals), settled after {}\n",
             vms.vms,
             vms.running,
             vms.not_converged.len(),
             vms.host_problems.len(),
+            vms.ran_twice.len(),
+            vms.intervals,
             vms.settled_after_ms
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "never".into())
@@ -225,12 +227,12 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
         .iter()
         .chain(&report.linearizable.unknown)
         .chain(&report.lost_writes)
-        .chain(
-            report
-                .vms
+        .chain(report.vms.iter().flat_map(|v| {
+            v.not_converged
                 .iter()
-                .flat_map(|v| v.not_converged.iter().chain(&v.host_problems)),
-        )
+                .chain(&v.host_problems)
+                .chain(&v.ran_twice)
+        }))
     {
         details.push_str(&format!("  {v}\n"));
     }

@@ -61,11 +61,14 @@ impl VmRecorder {
     }
 }
 
-/// Small guests: a chaos run keeps a few dozen of them alive on one machine.
-pub fn spec() -> pb::VmSpec {
+/// Small guests: a chaos run keeps a few dozen of them alive on one machine. The first half
+/// of the names are HA VMs (restarted elsewhere when their host is declared down), the others
+/// are not (they fail with their host).
+pub fn spec(vm: usize) -> pb::VmSpec {
     pb::VmSpec {
         cpus: 1,
         memory_mib: 64,
+        ha: vm < VMS / 2,
         ..Default::default()
     }
 }
@@ -87,11 +90,12 @@ pub async fn worker(
         else {
             return;
         };
-        let vm = format!("vm-{}", rng.usize(..VMS));
+        let index = rng.usize(..VMS);
+        let vm = format!("vm-{index}");
         let f = ["create", "create", "start", "stop", "delete"][rng.usize(..5)];
         recorder.record("invoke", process, f, &vm, &node, None);
         let result = match f {
-            "create" => client.vm_create(&vm, spec(), false).await,
+            "create" => client.vm_create(&vm, spec(index), false).await,
             "start" => client.vm_set_desired(&vm, true).await,
             "stop" => client.vm_set_desired(&vm, false).await,
             _ => client.vm_delete(&vm).await,
@@ -133,6 +137,11 @@ pub struct ClusterVm {
     pub desired: String,
     pub state: String,
     pub waiting: String,
+    #[serde(default)]
+    pub ha: bool,
+    /// Why it failed, if it did.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// A guest process found on a host after healing.
@@ -145,11 +154,26 @@ pub struct HostGuest {
     pub alive: bool,
 }
 
+/// One run of a VM on a node, as its memvm guest recorded it (wall-clock ms; the end is
+/// written every 200 ms, so a killed guest may have run up to 200 ms past it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInterval {
+    pub vm: String,
+    pub node: String,
+    pub epoch: u64,
+    pub pid: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
 /// What `vms_final.json` holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VmsFinal {
     pub cluster: Vec<ClusterVm>,
     pub hosts: Vec<HostGuest>,
+    /// Every run interval every guest recorded on every node during the run.
+    #[serde(default)]
+    pub runs: Vec<RunInterval>,
     /// How long after healing the observed states matched the desired ones (None: never,
     /// within the wait).
     pub settled_after_ms: Option<u64>,
@@ -175,27 +199,25 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
     }
     let mut cluster_vms = Vec::new();
     for v in &vms {
-        let waiting = if v.node.is_empty() {
-            client
-                .vm_get(&v.name, false)
-                .await
-                .map(|d| d.waiting)
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let detail = client.vm_get(&v.name, false).await.ok();
         cluster_vms.push(ClusterVm {
             name: v.name.clone(),
             node: (!v.node.is_empty()).then(|| v.node.clone()),
             epoch: v.epoch,
             desired: v.desired.clone(),
             state: v.state.clone(),
-            waiting,
+            waiting: detail
+                .as_ref()
+                .map(|d| d.waiting.clone())
+                .unwrap_or_default(),
+            ha: v.ha,
+            reason: detail.map(|d| d.reason).unwrap_or_default(),
         });
     }
     let report = VmsFinal {
         cluster: cluster_vms,
         hosts: host_guests(cluster),
+        runs: run_intervals(cluster),
         settled_after_ms,
     };
     std::fs::write(
@@ -207,7 +229,10 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
 
 fn settled(vm: &pb::VmSummary) -> bool {
     match vm.desired.as_str() {
-        "running" => vm.state == "running" || (vm.node.is_empty() && vm.state == "pending"),
+        "running" => {
+            vm.state == "running"
+                || (vm.node.is_empty() && (vm.state == "pending" || vm.state == "failed"))
+        }
         _ => vm.state == "stopped" || vm.node.is_empty(),
     }
 }
@@ -223,11 +248,31 @@ fn hosts_match(cluster: &LocalCluster, vms: &[pb::VmSummary]) -> bool {
                 desired: v.desired.clone(),
                 state: v.state.clone(),
                 waiting: String::new(),
+                ha: v.ha,
+                reason: String::new(),
             })
             .collect::<Vec<_>>(),
         &guests,
     )
     .is_empty()
+}
+
+/// Every run interval recorded under every node's `memvm/runs/`.
+pub fn run_intervals(cluster: &LocalCluster) -> Vec<RunInterval> {
+    let mut runs = Vec::new();
+    for node in &cluster.nodes {
+        let dir = node.data_dir.join("memvm/runs");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Some(run) = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RunInterval>(&b).ok())
+            {
+                runs.push(run);
+            }
+        }
+    }
+    runs.sort_by(|a, b| (&a.vm, a.start_ms).cmp(&(&b.vm, b.start_ms)));
+    runs
 }
 
 /// Every memvm guest recorded on every node (from the driver's directories), alive or not.

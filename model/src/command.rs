@@ -103,6 +103,12 @@ pub enum Command {
     VmCreateMany {
         vms: Vec<NewVm>,
     },
+    /// The leader's failure detector declares a node down (it has not heard from it for longer
+    /// than any lease it could hold): its HA VMs are released for placement elsewhere with a
+    /// new epoch, its other VMs become failed ("host down").
+    NodeDown {
+        name: String,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -229,7 +235,8 @@ impl Command {
             | Command::VmPlace { .. }
             | Command::VmWaiting { .. }
             | Command::VmObserved { .. }
-            | Command::SettingSet { .. } => Ok(()),
+            | Command::SettingSet { .. }
+            | Command::NodeDown { .. } => Ok(()),
         }
     }
 }

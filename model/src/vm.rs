@@ -185,9 +185,12 @@ impl Vm {
         self.events.push(VmEvent { at_ms, message });
     }
 
-    /// Needs a node: wants to run and has none.
+    /// Needs a node: wants to run, has none, and has not failed (a failed VM waits for an
+    /// operator's start).
     pub fn needs_placement(&self) -> bool {
-        self.desired == Desired::Running && self.assignment.is_none()
+        self.desired == Desired::Running
+            && self.assignment.is_none()
+            && self.observed != VmState::Failed
     }
 
     pub fn node(&self) -> Option<&str> {

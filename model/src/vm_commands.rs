@@ -85,6 +85,14 @@ impl ClusterState {
                     vm.desired = *desired;
                     vm.event(at_ms, format!("desired {}", desired.name()));
                 }
+                // An operator's start or stop clears a failure that left the VM without a node.
+                if vm.assignment.is_none() && vm.observed == VmState::Failed {
+                    vm.observed = match desired {
+                        Desired::Running => VmState::Pending,
+                        Desired::Stopped => VmState::Stopped,
+                    };
+                    vm.reason = None;
+                }
                 Ok(Response::Done)
             }
             Command::VmDelete { name } => {
@@ -109,6 +117,56 @@ impl ClusterState {
                 self.settings
                     .set(key, value)
                     .map_err(|reason| Rejection::Invalid { reason })?;
+                Ok(Response::Done)
+            }
+            Command::NodeDown { name } => {
+                let node = self
+                    .nodes
+                    .get_mut(name)
+                    .ok_or_else(|| not_found("node", name))?;
+                if node.health == Health::Down {
+                    return Ok(Response::Done);
+                }
+                node.health = Health::Down;
+                let on_node: Vec<String> = self
+                    .vms
+                    .values()
+                    .filter(|vm| vm.node() == Some(name.as_str()))
+                    .map(|vm| vm.name.clone())
+                    .collect();
+                for vm_name in on_node {
+                    let Some(vm) = self.vms.get(&vm_name).cloned() else {
+                        continue;
+                    };
+                    self.release(&vm);
+                    let Some(vm) = self.vms.get_mut(&vm_name) else {
+                        continue;
+                    };
+                    let epoch = vm.assignment.take().map_or(0, |a| a.epoch);
+                    if vm.spec.ha && vm.desired == Desired::Running {
+                        vm.observed = VmState::Pending;
+                        vm.reason = None;
+                        vm.event(
+                            at_ms,
+                            format!(
+                                "node {name} down (epoch {epoch} fenced): placing it elsewhere"
+                            ),
+                        );
+                    } else if vm.desired == Desired::Running {
+                        vm.observed = VmState::Failed;
+                        vm.reason = Some(format!("host {name} down"));
+                        vm.event(
+                            at_ms,
+                            format!("failed: host {name} down; not HA, so it waits for `paddock vm start`"),
+                        );
+                    } else {
+                        vm.observed = VmState::Stopped;
+                        vm.event(
+                            at_ms,
+                            format!("node {name} down; the VM was stopped and stays stopped"),
+                        );
+                    }
+                }
                 Ok(Response::Done)
             }
             Command::KvPut { .. } | Command::KvDelete { .. } | Command::KvCas { .. } => {

@@ -6,6 +6,10 @@
 //! report observed states that differ from the replica's. Passes run on every applied change
 //! and at least every [`PASS_EVERY`], so they are idempotent and restart-safe: a restarted
 //! paddockd finds its guests through the driver and adopts them.
+//!
+//! Nothing runs without a lease ([`crate::liveness`]): the agent heartbeats the leader, starts
+//! VMs only while its lease is valid and its replica has applied the log index the lease came
+//! with, and destroys every VM shortly before its lease ends (fencing).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use paddock_raft::{Raft, SharedState};
 use tokio::sync::watch;
 
 use crate::drivers::{Driver, Instance, InstanceState};
+use crate::liveness::{self, Heard, Lease, HEARTBEAT_EVERY};
 use crate::proposer::Proposer;
+use crate::service::RaftService;
 
 /// Longest time between two passes when nothing changes.
 pub const PASS_EVERY: Duration = Duration::from_secs(1);
@@ -34,6 +40,22 @@ pub struct Agent {
     pub raft: Raft,
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
+    /// Where the lease deadline is kept for the guests and the next paddockd.
+    pub lease_file: std::path::PathBuf,
+    /// The leader-side record of heartbeats (used when this node leads and heartbeats itself).
+    pub heard: Arc<Heard>,
+    pub quorum_fresh_ms: u64,
+}
+
+/// Where the agent stands with its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Valid lease and the replica has applied what it came with: VMs may run and start.
+    Leased,
+    /// Valid lease, but the replica lags: keep what runs, start nothing.
+    CatchingUp,
+    /// No valid lease: nothing may run.
+    Fenced,
 }
 
 /// One VM assigned to this node, as the replica says.
@@ -47,12 +69,37 @@ struct Assigned {
 
 impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        // A lease the previous paddockd of this boot held is still ours until it ends.
+        let boot = liveness::boot_id();
+        let inherited = liveness::read_lease(&self.lease_file, &boot).and_then(|until_ns| {
+            let left = until_ns.checked_sub(liveness::monotonic_ns())?;
+            Some(Lease {
+                until: Instant::now() + Duration::from_nanos(left),
+                until_ns,
+                log_index: 0,
+            })
+        });
+        let lease = Arc::new(std::sync::Mutex::new(inherited));
+        tokio::spawn(hold_lease(
+            self.raft.clone(),
+            self.proposer.clone(),
+            self.heard.clone(),
+            self.quorum_fresh_ms,
+            self.name.clone(),
+            lease.clone(),
+            self.lease_file.clone(),
+            shutdown.clone(),
+        ));
         let mut applied = self.raft.metrics();
         let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
         let mut registered = None;
         let mut first_pass = true;
         loop {
-            let busy = match self.pass(&mut sent, &mut registered, &mut first_pass).await {
+            let current = lease.lock().ok().and_then(|l| *l);
+            let busy = match self
+                .pass(current, &mut sent, &mut registered, &mut first_pass)
+                .await
+            {
                 Ok(busy) => busy,
                 Err(e) => {
                     tracing::warn!(error = %e, "agent pass failed; retrying");
@@ -116,10 +163,21 @@ impl Agent {
     /// One reconciliation pass; returns whether some VM is between states.
     async fn pass(
         &self,
+        lease: Option<Lease>,
         sent: &mut HashMap<String, (u64, VmState, Instant)>,
         registered: &mut Option<Instant>,
         first_pass: &mut bool,
     ) -> anyhow::Result<bool> {
+        let applied = self.shared.read().last_applied.map_or(0, |id| id.index);
+        let standing = match lease {
+            Some(l) if l.valid(Instant::now()) && applied >= l.log_index => Standing::Leased,
+            Some(l) if l.valid(Instant::now()) => Standing::CatchingUp,
+            _ => Standing::Fenced,
+        };
+        if standing == Standing::Fenced {
+            self.fence().await?;
+            return Ok(false);
+        }
         if self.proposer.leader().is_none() {
             return Ok(false);
         }
@@ -171,6 +229,12 @@ impl Agent {
         let mut reports = Vec::new();
         for (vm, a) in &assigned {
             let observed = match (a.desired, by_vm.get(vm).map(|i| &i.state)) {
+                (Desired::Running, None | Some(InstanceState::Stopped))
+                    if standing == Standing::CatchingUp =>
+                {
+                    // Not before this replica has seen everything the lease came with.
+                    continue;
+                }
                 (Desired::Running, None | Some(InstanceState::Stopped)) => {
                     tracing::info!(%vm, epoch = a.epoch, "starting");
                     let (name, epoch, spec) = (vm.clone(), a.epoch, a.spec.clone());
@@ -234,6 +298,23 @@ impl Agent {
         Ok(busy)
     }
 
+    /// No valid lease: destroy whatever still runs here (memvm guests have already halted
+    /// themselves at the deadline; libvirt domains have not).
+    async fn fence(&self) -> anyhow::Result<()> {
+        let driver = self.driver.clone();
+        let instances = tokio::task::spawn_blocking(move || driver.list()).await??;
+        for instance in instances {
+            if matches!(
+                instance.state,
+                InstanceState::Running | InstanceState::Starting | InstanceState::Stopping
+            ) {
+                tracing::warn!(vm = %instance.vm, epoch = instance.epoch, "no valid lease: fencing");
+                self.blocking(move |d| d.destroy(&instance.vm)).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a driver call off the async runtime (libvirt calls block).
     async fn blocking<T: Send + 'static>(
         &self,
@@ -241,5 +322,71 @@ impl Agent {
     ) -> anyhow::Result<T> {
         let driver = self.driver.clone();
         Ok(tokio::task::spawn_blocking(move || call(driver.as_ref())).await??)
+    }
+}
+
+/// Heartbeats the leader every [`HEARTBEAT_EVERY`] and keeps the newest lease (also in the
+/// lease file, for the memvm guests and a restarted paddockd).
+#[allow(clippy::too_many_arguments)]
+async fn hold_lease(
+    raft: Raft,
+    proposer: Arc<Proposer>,
+    heard: Arc<Heard>,
+    quorum_fresh_ms: u64,
+    name: String,
+    lease: Arc<std::sync::Mutex<Option<Lease>>>,
+    lease_file: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use paddock_api::pb;
+    loop {
+        let sent = Instant::now();
+        let sent_ns = liveness::monotonic_ns();
+        let answer = match proposer.leader() {
+            Some((leader, _)) if leader == raft.metrics().borrow().id => {
+                RaftService::grant(&raft, &heard, quorum_fresh_ms, &name).ok()
+            }
+            Some((_, address)) => match proposer.channel(&address) {
+                Ok(channel) => {
+                    let mut request = tonic::Request::new(pb::HeartbeatRequest {});
+                    request.set_timeout(HEARTBEAT_EVERY);
+                    pb::raft_client::RaftClient::new(channel)
+                        .heartbeat(request)
+                        .await
+                        .ok()
+                        .map(tonic::Response::into_inner)
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if let Some(answer) = answer {
+            let granted = Duration::from_millis(answer.lease_ms);
+            let next = Lease {
+                until: sent + granted,
+                until_ns: sent_ns + granted.as_nanos() as u64,
+                log_index: answer.log_index,
+            };
+            let newer = lease
+                .lock()
+                .map(|mut held| {
+                    let newer = held.is_none_or(|h| next.until > h.until);
+                    if newer {
+                        *held = Some(next);
+                    }
+                    newer
+                })
+                .unwrap_or(false);
+            if newer {
+                if let Err(e) = liveness::store_lease(&lease_file, next.until_ns) {
+                    tracing::warn!(error = %e, "cannot store the lease; guests will halt at the old deadline");
+                }
+            }
+        }
+        let wait = HEARTBEAT_EVERY.saturating_sub(sent.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::drivers::memvm::{GuestLoad, MemVm};
 use crate::drivers::{host_capacity, Driver};
 use crate::http::{self, HttpState};
 use crate::identity::{self, Identity};
+use crate::liveness::Heard;
 use crate::membership;
 use crate::metrics::NodeMetrics;
 use crate::proposer::Proposer;
@@ -131,9 +132,13 @@ pub async fn run(
     );
     let (shutdown_tx, shutdown) = watch::channel(false);
 
+    let heard = Arc::new(Heard::default());
+    let quorum_fresh_ms = config.election_min.as_millis() as u64;
     let raft_service = pb::raft_server::RaftServer::new(RaftService {
         raft: raft.clone(),
         proposer: proposer.clone(),
+        heard: heard.clone(),
+        quorum_fresh_ms,
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -236,8 +241,20 @@ pub async fn run(
             &config.data_dir,
         ),
         labels: config.host.labels.clone(),
+        lease_file: crate::liveness::lease_path(&config.data_dir),
+        heard: heard.clone(),
+        quorum_fresh_ms,
     };
     tokio::spawn(agent.run(shutdown.clone()));
+    tokio::spawn(controllers::failure::run(
+        raft.clone(),
+        node_id,
+        proposer.clone(),
+        shared.clone(),
+        heard,
+        config.election_max,
+        shutdown.clone(),
+    ));
 
     stop.await;
     tracing::info!("shutting down");

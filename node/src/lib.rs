@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod drivers;
 pub mod http;
 pub mod identity;
+pub mod liveness;
 pub mod membership;
 pub mod metrics;
 pub mod proposer;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm_workload::{ClusterVm, HostGuest, VmsFinal};
+use crate::vm_workload::{ClusterVm, HostGuest, RunInterval, VmsFinal};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VmReport {
@@ -16,19 +16,27 @@ pub struct VmReport {
     pub not_converged: Vec<String>,
     /// Disagreements between the hosts and the cluster.
     pub host_problems: Vec<String>,
+    /// Times a VM ran on two nodes at once (from the guests' run intervals).
+    #[serde(default)]
+    pub ran_twice: Vec<String>,
+    #[serde(default)]
+    pub intervals: usize,
     pub settled_after_ms: Option<u64>,
 }
 
 impl VmReport {
     pub fn valid(&self) -> bool {
-        self.not_converged.is_empty() && self.host_problems.is_empty()
+        self.not_converged.is_empty() && self.host_problems.is_empty() && self.ran_twice.is_empty()
     }
 }
 
 pub fn check(final_state: &VmsFinal) -> VmReport {
     let mut not_converged = Vec::new();
     for vm in &final_state.cluster {
+        let host_down = vm.reason.starts_with("host ") && vm.reason.ends_with(" down");
         let ok = match (vm.desired.as_str(), &vm.node) {
+            // A VM that is not HA fails with its host and waits for an operator: correct.
+            (_, None) if vm.state == "failed" => !vm.ha && host_down,
             // Unplaced: fine only while it waits with a reason.
             (_, None) => vm.desired == "stopped" || !vm.waiting.is_empty(),
             ("running", Some(_)) => vm.state == "running",
@@ -53,8 +61,37 @@ pub fn check(final_state: &VmsFinal) -> VmReport {
             .count(),
         not_converged,
         host_problems: host_problems(&final_state.cluster, &final_state.hosts),
+        ran_twice: ran_twice(&final_state.runs),
+        intervals: final_state.runs.len(),
         settled_after_ms: final_state.settled_after_ms,
     }
+}
+
+/// A guest writes its interval's end every 200 ms; a killed one may have run that much longer.
+const END_SLACK_MS: u64 = 200;
+
+/// Single run: no two intervals of the same VM on different nodes overlap.
+pub fn ran_twice(runs: &[RunInterval]) -> Vec<String> {
+    let mut by_vm: BTreeMap<&str, Vec<&RunInterval>> = BTreeMap::new();
+    for run in runs {
+        by_vm.entry(run.vm.as_str()).or_default().push(run);
+    }
+    let mut found = Vec::new();
+    for (vm, runs) in by_vm {
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                let overlap =
+                    a.start_ms < b.end_ms + END_SLACK_MS && b.start_ms < a.end_ms + END_SLACK_MS;
+                if a.node != b.node && overlap {
+                    found.push(format!(
+                        "{vm} ran on {} (epoch {}, {}–{} ms) and on {} (epoch {}, {}–{} ms) at once",
+                        a.node, a.epoch, a.start_ms, a.end_ms, b.node, b.epoch, b.start_ms, b.end_ms
+                    ));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Where the hosts disagree with the cluster's VMs.
@@ -121,6 +158,8 @@ mod tests {
             desired: desired.into(),
             state: state.into(),
             waiting: String::new(),
+            ha: false,
+            reason: String::new(),
         }
     }
 
@@ -134,6 +173,35 @@ mod tests {
         }
     }
 
+    fn run(vm: &str, node: &str, epoch: u64, start_ms: u64, end_ms: u64) -> RunInterval {
+        RunInterval {
+            vm: vm.into(),
+            node: node.into(),
+            epoch,
+            pid: 1,
+            start_ms,
+            end_ms,
+        }
+    }
+
+    #[test]
+    fn catches_a_vm_running_on_two_nodes_at_once() {
+        let twice = ran_twice(&[
+            run("a", "n1", 1, 1000, 5000),
+            run("a", "n2", 2, 4000, 9000),
+            run("b", "n1", 1, 1000, 5000),
+            run("b", "n1", 1, 5100, 9000),
+        ]);
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert!(twice[0].starts_with("a ran on n1"));
+        // Within the 200 ms the end may lag, it counts as overlapping too.
+        assert_eq!(
+            ran_twice(&[run("c", "n1", 1, 0, 1000), run("c", "n2", 2, 1100, 2000)]).len(),
+            1
+        );
+        assert!(ran_twice(&[run("c", "n1", 1, 0, 1000), run("c", "n2", 2, 1300, 2000)]).is_empty());
+    }
+
     #[test]
     fn a_converged_run_passes() {
         let report = check(&VmsFinal {
@@ -142,9 +210,27 @@ mod tests {
                 vm("b", Some("n2"), 4, "stopped", "stopped"),
             ],
             hosts: vec![guest("n1", "a", 3, true), guest("n2", "b", 4, false)],
+            runs: vec![run("a", "n2", 1, 1000, 2000), run("a", "n1", 3, 2500, 9000)],
             settled_after_ms: Some(10),
         });
         assert!(report.valid(), "{report:?}");
+    }
+
+    #[test]
+    fn a_non_ha_vm_may_fail_with_its_host_but_an_ha_vm_may_not() {
+        let mut plain = vm("p", None, 0, "running", "failed");
+        plain.reason = "host n2 down".into();
+        let mut ha = plain.clone();
+        ha.name = "h".into();
+        ha.ha = true;
+        let report = check(&VmsFinal {
+            cluster: vec![plain, ha],
+            hosts: Vec::new(),
+            runs: Vec::new(),
+            settled_after_ms: Some(1),
+        });
+        assert_eq!(report.not_converged.len(), 1, "{report:?}");
+        assert!(report.not_converged[0].starts_with("h:"));
     }
 
     #[test]
@@ -160,6 +246,7 @@ mod tests {
                 guest("n3", "b", 4, true),
                 guest("n2", "gone", 1, true),
             ],
+            runs: Vec::new(),
             settled_after_ms: None,
         });
         assert!(!report.valid());

@@ -29,6 +29,9 @@ struct Flags {
     dirty_pages_per_sec: u64,
     #[arg(long, default_value_t = 16)]
     working_set_mib: u64,
+    /// The node's lease file; the guest halts when the lease in it ends.
+    #[arg(long)]
+    lease_file: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         dir: flags.dir,
         runs_dir: flags.runs_dir,
         dirty_pages_per_sec: flags.dirty_pages_per_sec,
+        lease_file: flags.lease_file,
     };
     match run(&config) {
         Ok(_) => ExitCode::SUCCESS,

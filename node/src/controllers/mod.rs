@@ -2,4 +2,5 @@
 //! commands; they never change state themselves, so a new leader resumes where the old one
 //! stopped.
 
+pub mod failure;
 pub mod placement;

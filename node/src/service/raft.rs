@@ -11,11 +11,45 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::require_node;
+use crate::liveness::{Heard, LEASE};
 use crate::proposer::Proposer;
 
 pub struct RaftService {
     pub raft: Raft,
     pub proposer: Arc<Proposer>,
+    pub heard: Arc<Heard>,
+    /// Heartbeats are answered only while a quorum acknowledged this leader within this
+    /// many milliseconds (the minimum election timeout).
+    pub quorum_fresh_ms: u64,
+}
+
+impl RaftService {
+    /// Grants `node` a lease if this node leads and a quorum acknowledged it recently.
+    pub fn grant(
+        raft: &Raft,
+        heard: &Heard,
+        quorum_fresh_ms: u64,
+        node: &str,
+    ) -> Result<pb::HeartbeatResponse, Status> {
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return Err(Status::failed_precondition("this node is not the leader"));
+        }
+        if metrics
+            .millis_since_quorum_ack
+            .is_none_or(|ms| ms > quorum_fresh_ms)
+        {
+            return Err(Status::unavailable(
+                "leadership not confirmed by a quorum recently; no lease granted",
+            ));
+        }
+        heard.heartbeat(node, std::time::Instant::now());
+        Ok(pb::HeartbeatResponse {
+            lease_ms: LEASE.as_millis() as u64,
+            log_index: metrics.last_log_index.unwrap_or(0),
+            term: metrics.current_term,
+        })
+    }
 }
 
 fn decode<T: DeserializeOwned>(message: RaftMessage) -> Result<T, Status> {
@@ -63,6 +97,15 @@ impl pb::raft_server::Raft for RaftService {
         let forwarded: ForwardRequest = decode(request.into_inner())?;
         let reply = self.proposer.serve_as_leader(forwarded).await?;
         encode(&reply)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        // The node is who its certificate says, whatever it might claim.
+        let who = require_node(&request)?;
+        Self::grant(&self.raft, &self.heard, self.quorum_fresh_ms, &who.name).map(Response::new)
     }
 
     async fn timeout_now(

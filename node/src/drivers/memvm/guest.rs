@@ -59,6 +59,8 @@ pub struct GuestConfig {
     pub runs_dir: PathBuf,
     pub dirty_pages_per_sec: u64,
     pub working_set_mib: u64,
+    /// The node's lease file (`BOOT_ID UNTIL_NS`): the guest runs no step past its deadline.
+    pub lease_file: PathBuf,
 }
 
 pub fn now_ms() -> u64 {
@@ -152,14 +154,24 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     let status_path = config.dir.join("status.json");
     let pages_per_tick = (config.dirty_pages_per_sec * TICK.as_millis() as u64 / 1000).max(1);
     let mut last_record = Instant::now() - RECORD_EVERY;
+    let boot = crate::liveness::boot_id();
+    let mut state = "stopped";
     loop {
         if stop_path.exists() {
             break;
         }
+        // Self-fencing: no step without a valid lease, checked right before every step, so a
+        // guest paused with its host (SIGSTOP) that wakes after the deadline halts at once.
+        let leased = crate::liveness::read_lease(&config.lease_file, &boot)
+            .is_some_and(|until| crate::liveness::monotonic_ns() < until);
+        if !leased {
+            state = "fenced";
+            break;
+        }
         guest.step(pages_per_tick);
+        interval.end_ms = now_ms();
         if last_record.elapsed() >= RECORD_EVERY {
             last_record = Instant::now();
-            interval.end_ms = now_ms();
             write_json(&run_path, &interval)?;
             write_json(
                 &status_path,
@@ -176,17 +188,20 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
         }
         std::thread::sleep(TICK);
     }
-    interval.end_ms = now_ms();
-    write_json(&run_path, &interval)?;
+    // The interval ends at the last step taken (not now: a fenced guest may wake long after);
+    // a guest that never stepped never ran.
+    if guest.counter > 0 {
+        write_json(&run_path, &interval)?;
+    }
     std::fs::write(config.dir.join("device.bin"), guest.device_state)?;
     let status = GuestStatus {
         vm: config.vm.clone(),
         epoch: config.epoch,
         pid,
-        state: "stopped".into(),
+        state: state.into(),
         counter: guest.counter,
         checksum: Some(format!("{:016x}", guest.checksum())),
-        updated_ms: interval.end_ms,
+        updated_ms: now_ms(),
     };
     write_json(&status_path, &status)?;
     Ok(status)
@@ -220,7 +235,13 @@ mod tests {
             runs_dir: dir.path().join("runs"),
             dirty_pages_per_sec: 1000,
             working_set_mib: 1,
+            lease_file: dir.path().join("lease"),
         };
+        crate::liveness::store_lease(
+            &config.lease_file,
+            crate::liveness::monotonic_ns() + 60_000_000_000,
+        )
+        .expect("lease");
         let stopper = {
             let stop = dir.path().join("stop");
             std::thread::spawn(move || {

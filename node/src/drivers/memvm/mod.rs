@@ -39,6 +39,7 @@ pub struct GuestLoad {
 
 pub struct MemVm {
     root: PathBuf,
+    lease_file: PathBuf,
     node: String,
     guest_bin: PathBuf,
     load: GuestLoad,
@@ -66,6 +67,7 @@ impl MemVm {
         );
         Ok(MemVm {
             root,
+            lease_file: crate::liveness::lease_path(data_dir),
             node: node.to_string(),
             guest_bin,
             load,
@@ -146,7 +148,12 @@ impl Driver for MemVm {
                 } else {
                     InstanceState::Starting
                 }
-            } else if status.as_ref().is_some_and(|s| s.state == "stopped") {
+            } else if status
+                .as_ref()
+                .is_some_and(|s| s.state == "stopped" || s.state == "fenced")
+            {
+                // A fenced guest halted itself when its node's lease ended: stopped by the
+                // host, started again once the node holds a lease and still owns it.
                 InstanceState::Stopped
             } else {
                 let log =
@@ -196,6 +203,8 @@ impl Driver for MemVm {
                 &self.load.dirty_pages_per_sec.to_string(),
             ])
             .args(["--working-set-mib", &self.load.working_set_mib.to_string()])
+            .arg("--lease-file")
+            .arg(&self.lease_file)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -1,0 +1,212 @@
+//! HA on real processes: a killed host's HA VMs run again elsewhere and its other VMs fail;
+//! a paused host's VMs are fenced by their lease before they run anywhere else, and the host
+//! destroys its stale copies when it wakes up.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use paddock_api::client::Client;
+use paddock_api::pb;
+use paddock_cli::local_cluster::LocalCluster;
+use paddock_tests::{cluster, serial, spec, WAIT};
+
+/// Polls an async condition every 100 ms until it is true (fails the test after [`WAIT`]).
+macro_rules! until {
+    ($what:expr, $check:expr) => {{
+        let started = Instant::now();
+        loop {
+            let ok: anyhow::Result<bool> = async { $check }.await;
+            if ok.unwrap_or(false) {
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < WAIT, "timed out waiting for {}", $what);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }};
+}
+
+async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
+    let (dir, mut cluster) = cluster(spec(3))?;
+    for node in &mut cluster.nodes {
+        node.extra_args.extend(
+            [
+                "--cpus",
+                "8",
+                "--memory",
+                "4GiB",
+                "--memvm-working-set",
+                "1MiB",
+            ]
+            .map(String::from),
+        );
+    }
+    cluster.start_all()?;
+    cluster.wait_for_leader(WAIT).await?;
+    let mut client = cluster.client(WAIT)?;
+    until!(
+        "3 nodes registered",
+        Ok(client.node_list(false).await?.len() == 3)
+    );
+    Ok((dir, cluster))
+}
+
+fn on_n3(ha: bool) -> pb::VmSpec {
+    pb::VmSpec {
+        cpus: 1,
+        memory_mib: 64,
+        ha,
+        prefer: vec!["n3".into()],
+        ..Default::default()
+    }
+}
+
+async fn vm(client: &mut Client, name: &str) -> anyhow::Result<pb::VmSummary> {
+    Ok(client
+        .vm_get(name, false)
+        .await?
+        .summary
+        .unwrap_or_default())
+}
+
+/// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end).
+fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut found = Vec::new();
+    for node in &cluster.nodes {
+        let dir = node.data_dir.join("memvm/runs");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let record: serde_json::Value = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if record["vm"] == vm {
+                found.push((
+                    node.name.clone(),
+                    record["epoch"].as_u64().unwrap_or(0),
+                    record["start_ms"].as_u64().unwrap_or(0),
+                    record["end_ms"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+    }
+    found.sort_by_key(|i| i.2);
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_hosts_ha_vms_run_elsewhere_and_its_other_vms_fail() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let (_dir, mut cluster) = start().await?;
+    let mut client = cluster.client(WAIT)?;
+    client.vm_create("ha-1", on_n3(true), false).await?;
+    client.vm_create("plain", on_n3(false), false).await?;
+    until!("both running on n3", {
+        let (a, b) = (
+            vm(&mut client, "ha-1").await?,
+            vm(&mut client, "plain").await?,
+        );
+        Ok(a.state == "running" && a.node == "n3" && b.state == "running" && b.node == "n3")
+    });
+    let before = vm(&mut client, "ha-1").await?.epoch;
+
+    cluster.kill(2); // the whole host: paddockd and its guests
+    let killed = Instant::now();
+    until!("ha-1 running elsewhere", {
+        let a = vm(&mut client, "ha-1").await?;
+        Ok(a.state == "running" && a.node != "n3" && a.epoch > before)
+    });
+    let recovered = killed.elapsed();
+    let plain = client.vm_get("plain", false).await?;
+    let summary = plain.summary.clone().unwrap_or_default();
+    assert_eq!(
+        (summary.state.as_str(), summary.node.as_str()),
+        ("failed", "")
+    );
+    assert_eq!(plain.reason, "host n3 down");
+    let nodes: BTreeMap<String, String> = client
+        .node_list(false)
+        .await?
+        .into_iter()
+        .map(|n| (n.name, n.state))
+        .collect();
+    assert_eq!(nodes["n3"], "down");
+    let events: Vec<String> = client
+        .vm_get("ha-1", false)
+        .await?
+        .events
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        events.iter().any(|e| e.starts_with("node n3 down")),
+        "{events:?}"
+    );
+    eprintln!("ha-1 running elsewhere {recovered:?} after the kill");
+
+    // The host comes back and is ready again; the failed VM starts only when asked.
+    cluster.start(2)?;
+    until!("n3 ready", {
+        Ok(client
+            .node_list(false)
+            .await?
+            .iter()
+            .any(|n| n.name == "n3" && n.state == "ready"))
+    });
+    assert_eq!(vm(&mut client, "plain").await?.state, "failed");
+    client.vm_set_desired("plain", true).await?;
+    until!(
+        "plain running again",
+        Ok(vm(&mut client, "plain").await?.state == "running")
+    );
+    cluster.stop_all();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_host_is_fenced_before_its_vm_runs_elsewhere() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let (_dir, mut cluster) = start().await?;
+    let mut client = cluster.client(WAIT)?;
+    client.vm_create("ha-2", on_n3(true), false).await?;
+    until!("ha-2 running on n3", {
+        let a = vm(&mut client, "ha-2").await?;
+        Ok(a.state == "running" && a.node == "n3")
+    });
+    // Pause the whole host well past its lease and the down threshold.
+    cluster.signal_host(2, rustix::process::Signal::STOP);
+    until!("ha-2 running elsewhere", {
+        let a = vm(&mut client, "ha-2").await?;
+        Ok(a.state == "running" && a.node != "n3")
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.signal_host(2, rustix::process::Signal::CONT);
+    // The woken guest halts at once (its lease is over) and n3's agent destroys it.
+    until!("no guest of ha-2 left on n3", {
+        Ok(!cluster.nodes[2].data_dir.join("memvm/vms/ha-2").exists())
+    });
+    // Single run: the n3 interval ended before the other node's began.
+    let runs = intervals(&cluster, "ha-2");
+    let old = runs
+        .iter()
+        .find(|r| r.0 == "n3")
+        .expect("an interval on n3");
+    let new = runs
+        .iter()
+        .find(|r| r.0 != "n3")
+        .expect("an interval elsewhere");
+    assert!(
+        old.3 < new.2,
+        "ha-2 ran on n3 until {} and on {} from {}: {runs:?}",
+        old.3,
+        new.0,
+        new.2
+    );
+    until!("n3 ready again", {
+        Ok(client
+            .node_list(false)
+            .await?
+            .iter()
+            .any(|n| n.name == "n3" && n.state == "ready"))
+    });
+    cluster.stop_all();
+    Ok(())
+}
