@@ -58,6 +58,14 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         lists: usize,
     },
+    /// kill -9 a host running HA VMs; time until all of them run elsewhere. Repeated.
+    #[command(name = "failover-vms")]
+    FailoverVms {
+        #[arg(long, default_value_t = 20)]
+        vms: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Node memory with many keys, and the time a restarted node takes to be ready.
     State {
         #[arg(long, default_value_t = 100_000)]
@@ -85,6 +93,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             value_size,
             storage,
         } => state(keys, value_size, &storage).await,
+        BenchCommand::FailoverVms { vms, runs } => failover_vms(vms, runs).await,
         BenchCommand::Vms {
             vms,
             list_vms,
@@ -510,6 +519,118 @@ async fn state(keys: usize, value_size: usize, storage: &str) -> Result<(), Fail
         "{}",
         json!({"bench": "restart", "node": cluster.nodes[follower].name, "keys": keys,
                "ready_ms": ms(ready), "rss_after_restart_mib": rss, "peak_rss_mib": peak})
+    );
+    cluster.stop_all();
+    Ok(())
+}
+
+/// One 4-node cluster; each run puts `vms` HA VMs on one host (by preference), kills that host
+/// with its guests, and times until every VM runs elsewhere; the host then comes back.
+async fn failover_vms(vms: usize, runs: usize) -> Result<(), Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("paddock-bench-")
+        .tempdir()?;
+    let spec = LocalClusterSpec {
+        nodes: 4,
+        base_port: None,
+        extra_args: [
+            "--cpus",
+            "64",
+            "--memory",
+            "64GiB",
+            "--memvm-working-set",
+            "1MiB",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
+    cluster.start_all()?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    println!("bench failover-vms: 4 nodes (memvm), {vms} HA VMs on the killed host, {runs} runs, default timings");
+    let mut took = Vec::new();
+    for run in 0..runs {
+        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+        // The victim is never the leader: this measures host failure, not leader failover.
+        let victim = (leader + 1 + run % 3) % cluster.nodes.len();
+        let victim_name = cluster.nodes[victim].name.clone();
+        let others: Vec<String> = (0..cluster.nodes.len())
+            .filter(|i| *i != victim)
+            .map(|i| cluster.nodes[i].address.clone())
+            .collect();
+        let mut client = cluster.client_of(others, Duration::from_secs(30))?;
+        while client
+            .node_list(false)
+            .await?
+            .iter()
+            .filter(|n| n.state == "ready")
+            .count()
+            < 4
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let names: Vec<String> = (0..vms).map(|i| format!("r{run}-ha-{i}")).collect();
+        let batch = names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    paddock_api::pb::VmSpec {
+                        cpus: 1,
+                        memory_mib: 16,
+                        ha: true,
+                        prefer: vec![victim_name.clone()],
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        client.vm_create_many(batch, false).await?;
+        let ours = |list: &[paddock_api::pb::VmSummary], on_victim: bool| {
+            list.iter()
+                .filter(|v| v.name.starts_with(&format!("r{run}-")))
+                .filter(|v| v.state == "running" && (v.node == victim_name) == on_victim)
+                .count()
+        };
+        let started = Instant::now();
+        while ours(&client.vm_list(false).await?, true) < vms {
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(Failure::new(
+                    1,
+                    "the VMs did not start on the victim within 60 s",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.kill(victim);
+        let killed = Instant::now();
+        loop {
+            if ours(&client.vm_list(true).await?, false) == vms {
+                break;
+            }
+            if killed.elapsed() > Duration::from_secs(60) {
+                return Err(Failure::new(1, "the VMs did not run elsewhere within 60 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let elapsed = killed.elapsed();
+        took.push(elapsed);
+        println!(
+            "{}",
+            json!({"run": run, "killed": victim_name, "all_running_elsewhere_ms": ms(elapsed)})
+        );
+        // Clean up and bring the host back for the next run.
+        for name in &names {
+            let _ = client.vm_delete(name).await;
+        }
+        cluster.start(victim)?;
+    }
+    took.sort();
+    println!(
+        "{}",
+        json!({"bench": "failover-vms", "vms": vms, "runs": runs,
+               "median_ms": ms(percentile(&took, 0.5)), "worst_ms": ms(took.last().copied().unwrap_or_default()),
+               "best_ms": ms(took.first().copied().unwrap_or_default())})
     );
     cluster.stop_all();
     Ok(())
