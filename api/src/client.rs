@@ -361,6 +361,20 @@ impl Client {
         .map(|_| ())
     }
 
+    pub async fn node_maintenance(&mut self, name: &str, on: bool) -> Result<(), ClientError> {
+        let request = pb::MaintenanceRequest {
+            name: name.to_string(),
+            on,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { NodesClient::new(channel).maintenance(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     pub async fn vm_create(
         &mut self,
         name: &str,

@@ -109,6 +109,11 @@ pub enum Command {
     NodeDown {
         name: String,
     },
+    /// Maintenance on or off for a node (no new VMs; no failover while it is in maintenance).
+    NodeMaintenance {
+        name: String,
+        on: bool,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -236,7 +241,8 @@ impl Command {
             | Command::VmWaiting { .. }
             | Command::VmObserved { .. }
             | Command::SettingSet { .. }
-            | Command::NodeDown { .. } => Ok(()),
+            | Command::NodeDown { .. }
+            | Command::NodeMaintenance { .. } => Ok(()),
         }
     }
 }

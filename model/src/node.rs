@@ -20,6 +20,9 @@ pub struct Node {
     pub driver: String,
     /// Cordoned nodes keep their VMs but get no new ones.
     pub cordoned: bool,
+    /// In maintenance: no new VMs, and no failover if the node goes silent (its VMs are left
+    /// alone: the operator is working on it).
+    pub maintenance: bool,
     pub health: Health,
     pub registered_ms: u64,
 }
@@ -38,15 +41,16 @@ impl Node {
 
     /// The state `paddock node list` shows.
     pub fn state_name(&self) -> &'static str {
-        match (self.health, self.cordoned) {
-            (Health::Down, _) => "down",
-            (Health::Ready, true) => "cordoned",
-            (Health::Ready, false) => "ready",
+        match (self.health, self.maintenance, self.cordoned) {
+            (Health::Down, _, _) => "down",
+            (Health::Ready, true, _) => "maintenance",
+            (Health::Ready, false, true) => "cordoned",
+            (Health::Ready, false, false) => "ready",
         }
     }
 
     /// Whether new VMs may be placed here at all.
     pub fn schedulable(&self) -> bool {
-        self.health == Health::Ready && !self.cordoned
+        self.health == Health::Ready && !self.cordoned && !self.maintenance
     }
 }

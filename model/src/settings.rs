@@ -14,18 +14,25 @@ pub enum SchedulerPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub scheduler: SchedulerPolicy,
+    /// Automatic failover on (armed) or frozen cluster-wide (`paddock cluster ha disarm`, e.g.
+    /// during network work): silent nodes are then never declared down.
+    pub ha_armed: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             scheduler: SchedulerPolicy::Spread,
+            ha_armed: true,
         }
     }
 }
 
 /// The keys `paddock cluster set` accepts, with what they take.
-pub const KEYS: &[(&str, &str)] = &[("scheduler", "binpack | spread")];
+pub const KEYS: &[(&str, &str)] = &[
+    ("scheduler", "binpack | spread"),
+    ("ha", "armed | disarmed"),
+];
 
 impl Settings {
     /// Sets `key` to `value`, or explains what is wrong.
@@ -43,6 +50,14 @@ impl Settings {
                 };
                 Ok(())
             }
+            "ha" => {
+                self.ha_armed = match value {
+                    "armed" => true,
+                    "disarmed" => false,
+                    other => return Err(format!("ha must be armed or disarmed, not {other:?}")),
+                };
+                Ok(())
+            }
             other => Err(format!(
                 "unknown setting {other:?}; settings: {}",
                 KEYS.iter()
@@ -55,13 +70,14 @@ impl Settings {
 
     /// Every setting as (key, value), for `paddock cluster settings`.
     pub fn list(&self) -> Vec<(String, String)> {
-        vec![(
-            "scheduler".into(),
-            match self.scheduler {
-                SchedulerPolicy::Binpack => "binpack",
-                SchedulerPolicy::Spread => "spread",
-            }
-            .into(),
-        )]
+        let scheduler = match self.scheduler {
+            SchedulerPolicy::Binpack => "binpack",
+            SchedulerPolicy::Spread => "spread",
+        };
+        let ha = if self.ha_armed { "armed" } else { "disarmed" };
+        vec![
+            ("scheduler".into(), scheduler.into()),
+            ("ha".into(), ha.into()),
+        ]
     }
 }

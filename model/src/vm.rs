@@ -203,6 +203,7 @@ impl Vm {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Misfit {
     Down,
+    Maintenance,
     Cordoned,
     Labels,
     Affinity { group: String },
@@ -215,6 +216,7 @@ impl Misfit {
     pub fn describe(&self, count: usize) -> String {
         let (one, many) = match self {
             Misfit::Down => ("is down".to_string(), "are down".to_string()),
+            Misfit::Maintenance => ("is in maintenance".into(), "are in maintenance".into()),
             Misfit::Cordoned => ("is cordoned".into(), "are cordoned".into()),
             Misfit::Labels => (
                 "does not match the node selector".into(),
@@ -254,6 +256,9 @@ pub fn check_fit(
 ) -> Result<(), Misfit> {
     if node.health != Health::Ready {
         return Err(Misfit::Down);
+    }
+    if node.maintenance {
+        return Err(Misfit::Maintenance);
     }
     if node.cordoned {
         return Err(Misfit::Cordoned);

@@ -29,6 +29,7 @@ impl ClusterState {
                     labels: labels.clone(),
                     driver: driver.clone(),
                     cordoned: false,
+                    maintenance: false,
                     health: Health::Ready,
                     registered_ms: at_ms,
                 });
@@ -117,6 +118,14 @@ impl ClusterState {
                 self.settings
                     .set(key, value)
                     .map_err(|reason| Rejection::Invalid { reason })?;
+                Ok(Response::Done)
+            }
+            Command::NodeMaintenance { name, on } => {
+                let node = self
+                    .nodes
+                    .get_mut(name)
+                    .ok_or_else(|| not_found("node", name))?;
+                node.maintenance = *on;
                 Ok(Response::Done)
             }
             Command::NodeDown { name } => {

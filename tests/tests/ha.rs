@@ -210,3 +210,42 @@ async fn a_paused_host_is_fenced_before_its_vm_runs_elsewhere() -> anyhow::Resul
     cluster.stop_all();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_failover_in_maintenance_or_while_disarmed() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let (_dir, mut cluster) = start().await?;
+    let mut client = cluster.client(WAIT)?;
+    client.vm_create("ha-3", on_n3(true), false).await?;
+    until!("ha-3 running on n3", {
+        let a = vm(&mut client, "ha-3").await?;
+        Ok(a.state == "running" && a.node == "n3")
+    });
+    client.node_maintenance("n3", true).await?;
+    cluster.kill(2);
+    // Well past the down threshold (4.6 s with the tests' election timeouts).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let a = vm(&mut client, "ha-3").await?;
+    assert_eq!(a.node, "n3", "failed over while n3 was in maintenance");
+    let n3 = client
+        .node_list(false)
+        .await?
+        .into_iter()
+        .find(|n| n.name == "n3")
+        .expect("n3 listed");
+    assert_eq!(n3.state, "maintenance");
+
+    // Disarmed, leaving maintenance does not trigger failover either...
+    client.setting_set("ha", "disarmed").await?;
+    client.node_maintenance("n3", false).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(vm(&mut client, "ha-3").await?.node, "n3");
+    // ...arming does.
+    client.setting_set("ha", "armed").await?;
+    until!("ha-3 running elsewhere", {
+        let a = vm(&mut client, "ha-3").await?;
+        Ok(a.state == "running" && a.node != "n3")
+    });
+    cluster.stop_all();
+    Ok(())
+}

@@ -15,6 +15,11 @@ pub enum ClusterCommand {
     Settings,
     /// Change a cluster setting (admin), e.g. `cluster set scheduler binpack`.
     Set { key: String, value: String },
+    /// Freeze (disarm) or resume (arm) automatic failover cluster-wide.
+    Ha {
+        #[arg(value_parser = ["arm", "disarm"])]
+        action: String,
+    },
 }
 
 pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure> {
@@ -37,6 +42,21 @@ pub async fn run(command: ClusterCommand, global: &Global) -> Result<(), Failure
                         println!("{key:<16} {value}");
                     }
                 }
+            }
+        }
+        ClusterCommand::Ha { action } => {
+            let mut client = global.client()?;
+            let value = if action == "arm" { "armed" } else { "disarmed" };
+            client
+                .setting_set("ha", value)
+                .await
+                .map_err(client_failure)?;
+            if action == "arm" {
+                println!(
+                    "HA armed: silent nodes are declared down and their HA VMs restarted elsewhere"
+                );
+            } else {
+                println!("HA disarmed: no node will be declared down and nothing fails over until `paddock cluster ha arm`");
             }
         }
         ClusterCommand::Set { key, value } => {

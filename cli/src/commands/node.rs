@@ -21,6 +21,13 @@ pub enum NodeCommand {
     Cordon { name: String },
     /// Let NAME take new VMs again.
     Uncordon { name: String },
+    /// Maintenance on: no new VMs on NAME, and no failover if it goes silent (its VMs are left
+    /// alone). Off: back to normal.
+    Maintenance {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Remove a node from the Raft membership (stop its paddockd afterwards).
     Remove { name: String },
 }
@@ -58,6 +65,18 @@ pub async fn run(command: NodeCommand, global: &Global) -> Result<(), Failure> {
                 .await
                 .map_err(client_failure)?;
             println!("{name} uncordoned");
+        }
+        NodeCommand::Maintenance { name, state } => {
+            let on = state == "on";
+            client
+                .node_maintenance(&name, on)
+                .await
+                .map_err(client_failure)?;
+            if on {
+                println!("{name} in maintenance: no new VMs, no failover while it is away");
+            } else {
+                println!("{name} out of maintenance");
+            }
         }
         NodeCommand::Remove { name } => {
             client.remove_member(&name).await.map_err(client_failure)?;

@@ -3,6 +3,8 @@
 //! heartbeat and the start of this leadership, is declared down (`NodeDown`, one log entry).
 //! Apply then releases its HA VMs, which the placement controller places elsewhere with new
 //! epochs, and marks its other VMs failed. Heartbeats themselves never reach the log.
+//!
+//! Nodes in maintenance are never declared down, and no node is while HA is disarmed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,11 +40,15 @@ pub async fn run(
         let now = Instant::now();
         let silent: Vec<(String, Duration)> = {
             let applied = shared.read();
+            if !applied.state.settings.ha_armed {
+                // Disarmed: failover is frozen cluster-wide.
+                continue;
+            }
             applied
                 .state
                 .nodes
                 .values()
-                .filter(|n| n.health == Health::Ready)
+                .filter(|n| n.health == Health::Ready && !n.maintenance)
                 .map(|n| {
                     (
                         n.name.clone(),

@@ -98,6 +98,34 @@ impl nodes_server::Nodes for NodesService {
         .await?;
         Ok(reply(&self.proposer, pb::CordonResponse {}))
     }
+
+    async fn maintenance(
+        &self,
+        request: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::CordonResponse>, Status> {
+        self.set_maintenance(request).await
+    }
+}
+
+impl NodesService {
+    async fn set_maintenance(
+        &self,
+        request: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::CordonResponse>, Status> {
+        require_writer(&request)?;
+        let pb::MaintenanceRequest {
+            name,
+            on,
+            request_id,
+        } = request.into_inner();
+        done(
+            &self.proposer,
+            request_id,
+            Command::NodeMaintenance { name, on },
+        )
+        .await?;
+        Ok(reply(&self.proposer, pb::CordonResponse {}))
+    }
 }
 
 pub struct VmsService {
