@@ -114,6 +114,12 @@ pub enum Command {
         name: String,
         on: bool,
     },
+    /// The leader's restart policy for an HA VM that crashed at `epoch` on a live node:
+    /// restart in place up to `restart_limit` times, then once elsewhere, then leave it failed.
+    VmRecover {
+        vm: String,
+        epoch: u64,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -242,7 +248,8 @@ impl Command {
             | Command::VmObserved { .. }
             | Command::SettingSet { .. }
             | Command::NodeDown { .. }
-            | Command::NodeMaintenance { .. } => Ok(()),
+            | Command::NodeMaintenance { .. }
+            | Command::VmRecover { .. } => Ok(()),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Settings {
     /// Automatic failover on (armed) or frozen cluster-wide (`paddock cluster ha disarm`, e.g.
     /// during network work): silent nodes are then never declared down.
     pub ha_armed: bool,
+    /// Crash restarts of an HA VM in place before it is moved (then failed).
+    pub restart_limit: u32,
 }
 
 impl Default for Settings {
@@ -24,6 +26,7 @@ impl Default for Settings {
         Settings {
             scheduler: SchedulerPolicy::Spread,
             ha_armed: true,
+            restart_limit: 3,
         }
     }
 }
@@ -32,6 +35,7 @@ impl Default for Settings {
 pub const KEYS: &[(&str, &str)] = &[
     ("scheduler", "binpack | spread"),
     ("ha", "armed | disarmed"),
+    ("restart_limit", "0–100"),
 ];
 
 impl Settings {
@@ -58,6 +62,17 @@ impl Settings {
                 };
                 Ok(())
             }
+            "restart_limit" => {
+                self.restart_limit =
+                    value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= 100)
+                        .ok_or_else(|| {
+                            format!("restart_limit must be a number 0–100, not {value:?}")
+                        })?;
+                Ok(())
+            }
             other => Err(format!(
                 "unknown setting {other:?}; settings: {}",
                 KEYS.iter()
@@ -78,6 +93,7 @@ impl Settings {
         vec![
             ("scheduler".into(), scheduler.into()),
             ("ha".into(), ha.into()),
+            ("restart_limit".into(), self.restart_limit.to_string()),
         ]
     }
 }

@@ -175,6 +175,10 @@ pub struct Vm {
     pub waiting: Option<String>,
     pub events: Vec<VmEvent>,
     pub created_ms: u64,
+    /// Restarts after crashes in the current placement (HA restart policy).
+    pub crash_restarts: u32,
+    /// A node the scheduler should not use for this VM (it crashed there too often).
+    pub avoid: Option<String>,
 }
 
 impl Vm {
@@ -205,9 +209,15 @@ pub enum Misfit {
     Down,
     Maintenance,
     Cordoned,
+    /// The VM crashed on this node too often.
+    CrashedHere,
     Labels,
-    Affinity { group: String },
-    AntiAffinity { group: String },
+    Affinity {
+        group: String,
+    },
+    AntiAffinity {
+        group: String,
+    },
     Lacks(Lacking),
 }
 
@@ -218,6 +228,10 @@ impl Misfit {
             Misfit::Down => ("is down".to_string(), "are down".to_string()),
             Misfit::Maintenance => ("is in maintenance".into(), "are in maintenance".into()),
             Misfit::Cordoned => ("is cordoned".into(), "are cordoned".into()),
+            Misfit::CrashedHere => (
+                "is where it crashed too often".into(),
+                "are where it crashed too often".into(),
+            ),
             Misfit::Labels => (
                 "does not match the node selector".into(),
                 "do not match the node selector".into(),

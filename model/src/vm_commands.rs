@@ -86,7 +86,10 @@ impl ClusterState {
                     vm.desired = *desired;
                     vm.event(at_ms, format!("desired {}", desired.name()));
                 }
-                // An operator's start or stop clears a failure that left the VM without a node.
+                // An operator's start or stop starts the restart policy afresh...
+                vm.crash_restarts = 0;
+                vm.avoid = None;
+                // ...and clears a failure that left the VM without a node.
                 if vm.assignment.is_none() && vm.observed == VmState::Failed {
                     vm.observed = match desired {
                         Desired::Running => VmState::Pending,
@@ -118,6 +121,64 @@ impl ClusterState {
                 self.settings
                     .set(key, value)
                     .map_err(|reason| Rejection::Invalid { reason })?;
+                Ok(Response::Done)
+            }
+            Command::VmRecover { vm: name, epoch } => {
+                let limit = self.settings.restart_limit;
+                let Some(vm) = self.vms.get(name) else {
+                    return Err(not_found("VM", name));
+                };
+                let current = vm
+                    .assignment
+                    .as_ref()
+                    .filter(|a| a.epoch == *epoch)
+                    .cloned();
+                let Some(assignment) = current.filter(|_| vm.observed == VmState::Failed) else {
+                    // Already handled, or no longer failed at that epoch.
+                    return Ok(Response::Done);
+                };
+                let node = assignment.node;
+                if vm.crash_restarts < limit {
+                    self.epoch += 1;
+                    let epoch = self.epoch;
+                    if let Some(vm) = self.vms.get_mut(name) {
+                        vm.crash_restarts += 1;
+                        vm.assignment = Some(Assignment {
+                            node: node.clone(),
+                            epoch,
+                        });
+                        vm.observed = VmState::Pending;
+                        vm.event(
+                            at_ms,
+                            format!(
+                                "restart {}/{limit} in place on {node} (epoch {epoch})",
+                                vm.crash_restarts
+                            ),
+                        );
+                    }
+                } else if vm.avoid.is_none() {
+                    let released = vm.clone();
+                    self.release(&released);
+                    if let Some(vm) = self.vms.get_mut(name) {
+                        vm.assignment = None;
+                        vm.observed = VmState::Pending;
+                        // No further restarts in place: a crash on the next node is the last.
+                        vm.avoid = Some(node.clone());
+                        vm.event(
+                            at_ms,
+                            format!("crashed {limit} times on {node}: placing it elsewhere"),
+                        );
+                    }
+                } else if vm.avoid.as_deref() != Some(node.as_str()) {
+                    if let Some(vm) = self.vms.get_mut(name) {
+                        vm.event(
+                            at_ms,
+                            format!("crashed {limit} times again, on {node}: left failed; start it to try again"),
+                        );
+                        // Handled: a failed VM that avoids its own node is left alone.
+                        vm.avoid = Some(node);
+                    }
+                }
                 Ok(Response::Done)
             }
             Command::NodeMaintenance { name, on } => {
@@ -195,6 +256,8 @@ impl ClusterState {
             waiting: None,
             events: Vec::new(),
             created_ms: at_ms,
+            crash_restarts: 0,
+            avoid: None,
         };
         vm.event(at_ms, format!("created, desired {}", desired.name()));
         self.vms.insert(name.to_string(), vm);

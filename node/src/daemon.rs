@@ -246,6 +246,13 @@ pub async fn run(
         quorum_fresh_ms,
     };
     tokio::spawn(agent.run(shutdown.clone()));
+    tokio::spawn(controllers::recovery::run(
+        raft.clone(),
+        node_id,
+        proposer.clone(),
+        shared.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(controllers::failure::run(
         raft.clone(),
         node_id,

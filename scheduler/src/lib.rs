@@ -93,6 +93,9 @@ pub fn plan(state: &ClusterState, vms: &[&Vm], policy: SchedulerPolicy) -> Plan 
 
 impl Index<'_> {
     fn fits(&self, i: usize, vm: &Vm) -> Result<(), Misfit> {
+        if vm.avoid.as_deref() == Some(self.nodes[i].name.as_str()) {
+            return Err(Misfit::CrashedHere);
+        }
         check_fit(self.nodes[i], &self.free[i], &vm.spec, &self.groups)
     }
 

@@ -249,3 +249,92 @@ async fn no_failover_in_maintenance_or_while_disarmed() -> anyhow::Result<()> {
     cluster.stop_all();
     Ok(())
 }
+
+/// Makes the memvm guest of `vm` on node `i` crash.
+fn crash(cluster: &LocalCluster, i: usize, vm: &str) -> anyhow::Result<()> {
+    std::fs::write(
+        cluster.nodes[i]
+            .data_dir
+            .join("memvm/vms")
+            .join(vm)
+            .join("crash"),
+        b"",
+    )?;
+    Ok(())
+}
+
+fn index_of(cluster: &LocalCluster, node: &str) -> usize {
+    cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashing_ha_vm_restarts_in_place_then_elsewhere_then_stays_failed() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    let (_dir, cluster) = start().await?;
+    let mut client = cluster.client(WAIT)?;
+    client.setting_set("restart_limit", "1").await?;
+    client.vm_create("flaky", on_n3(true), false).await?;
+    client.vm_create("plain", on_n3(false), false).await?;
+    until!("both running on n3", {
+        let (a, b) = (
+            vm(&mut client, "flaky").await?,
+            vm(&mut client, "plain").await?,
+        );
+        Ok(a.state == "running" && a.node == "n3" && b.state == "running")
+    });
+    let first = vm(&mut client, "flaky").await?.epoch;
+
+    // 1st crash: restarted in place with a new epoch.
+    crash(&cluster, 2, "flaky")?;
+    until!("flaky restarted on n3", {
+        let a = vm(&mut client, "flaky").await?;
+        Ok(a.state == "running" && a.node == "n3" && a.epoch > first)
+    });
+    // 2nd crash: the limit is reached, so it moves.
+    crash(&cluster, 2, "flaky")?;
+    until!("flaky running elsewhere", {
+        let a = vm(&mut client, "flaky").await?;
+        Ok(a.state == "running" && a.node != "n3")
+    });
+    // 3rd crash, on the new node: left failed.
+    let moved_to = vm(&mut client, "flaky").await?.node;
+    crash(&cluster, index_of(&cluster, &moved_to), "flaky")?;
+    until!(
+        "flaky failed",
+        Ok(vm(&mut client, "flaky").await?.state == "failed")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(vm(&mut client, "flaky").await?.state, "failed");
+    let events: Vec<String> = client
+        .vm_get("flaky", false)
+        .await?
+        .events
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    for expected in [
+        "restart 1/1 in place on n3",
+        "placing it elsewhere",
+        "left failed",
+    ] {
+        assert!(
+            events.iter().any(|e| e.contains(expected)),
+            "{expected}: {events:?}"
+        );
+    }
+
+    // A VM that is not HA is never restarted by itself.
+    crash(&cluster, 2, "plain")?;
+    until!(
+        "plain failed",
+        Ok(vm(&mut client, "plain").await?.state == "failed")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(vm(&mut client, "plain").await?.state, "failed");
+    Ok(())
+}

@@ -8,6 +8,7 @@
 //!   (`runs/VM-EPOCH-PID.json`: vm, node, epoch, start, end) every [`RECORD_EVERY`], so the
 //!   chaos checkers can prove a VM never ran on two nodes at once.
 //! - A small device-state blob ("registers") changes with every step, as a real VM's does.
+//! - A `crash` file in its directory makes it crash (exit with an error), for tests and chaos.
 //! - It stops cleanly when a `stop` file appears in its directory (the driver's shutdown
 //!   request), writing the memory checksum, the device state (`device.bin`) and its final
 //!   interval; SIGKILL is "pull the plug".
@@ -156,9 +157,15 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     let mut last_record = Instant::now() - RECORD_EVERY;
     let boot = crate::liveness::boot_id();
     let mut state = "stopped";
+    let crash_path = config.dir.join("crash");
     loop {
         if stop_path.exists() {
             break;
+        }
+        if crash_path.exists() {
+            // An injected guest crash (tests, chaos): gone without a word to the status file.
+            let _ = std::fs::remove_file(&crash_path);
+            return Err(std::io::Error::other("injected guest crash"));
         }
         // Self-fencing: no step without a valid lease, checked right before every step, so a
         // guest paused with its host (SIGSTOP) that wakes after the deadline halts at once.
