@@ -19,6 +19,13 @@ pub struct Settings {
     pub ha_armed: bool,
     /// Crash restarts of an HA VM in place before it is moved (then failed).
     pub restart_limit: u32,
+    /// How often agents heartbeat the leader.
+    pub heartbeat_ms: u64,
+    /// How long a lease lasts from the moment the node sent its heartbeat.
+    pub lease_ms: u64,
+    /// Silence after which the leader declares a node down. The leader never uses less than
+    /// `lease + its max election timeout + 1 s`, whatever this says.
+    pub down_after_ms: u64,
 }
 
 impl Default for Settings {
@@ -27,6 +34,9 @@ impl Default for Settings {
             scheduler: SchedulerPolicy::Spread,
             ha_armed: true,
             restart_limit: 3,
+            heartbeat_ms: 500,
+            lease_ms: 3_000,
+            down_after_ms: 4_500,
         }
     }
 }
@@ -36,6 +46,9 @@ pub const KEYS: &[(&str, &str)] = &[
     ("scheduler", "binpack | spread"),
     ("ha", "armed | disarmed"),
     ("restart_limit", "0–100"),
+    ("heartbeat_ms", "100–10000, at most a third of lease_ms"),
+    ("lease_ms", "1000–60000"),
+    ("down_after_ms", "at least lease_ms + 1500"),
 ];
 
 impl Settings {
@@ -62,6 +75,20 @@ impl Settings {
                 };
                 Ok(())
             }
+            "heartbeat_ms" | "lease_ms" | "down_after_ms" => {
+                let ms: u64 = value.parse().map_err(|_| {
+                    format!("{key} must be a number of milliseconds, not {value:?}")
+                })?;
+                let mut next = self.clone();
+                match key {
+                    "heartbeat_ms" => next.heartbeat_ms = ms,
+                    "lease_ms" => next.lease_ms = ms,
+                    _ => next.down_after_ms = ms,
+                }
+                next.check_timings()?;
+                *self = next;
+                Ok(())
+            }
             "restart_limit" => {
                 self.restart_limit =
                     value
@@ -83,6 +110,37 @@ impl Settings {
         }
     }
 
+    /// Refuses timings that would let a VM run twice or flap.
+    fn check_timings(&self) -> Result<(), String> {
+        if !(100..=10_000).contains(&self.heartbeat_ms) {
+            return Err(format!(
+                "heartbeat_ms must be 100–10000, not {}",
+                self.heartbeat_ms
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.lease_ms) {
+            return Err(format!(
+                "lease_ms must be 1000–60000, not {}",
+                self.lease_ms
+            ));
+        }
+        if self.heartbeat_ms * 3 > self.lease_ms {
+            return Err(format!(
+                "heartbeat_ms {} is more than a third of lease_ms {}: a single lost heartbeat would fence healthy nodes; lower heartbeat_ms or raise lease_ms",
+                self.heartbeat_ms, self.lease_ms
+            ));
+        }
+        if self.down_after_ms < self.lease_ms + 1_500 {
+            return Err(format!(
+                "down_after_ms {} is shorter than lease_ms {} + 1500: a node could be declared down while its lease (and its VMs) still run, and its VMs would run twice; raise down_after_ms to at least {}",
+                self.down_after_ms,
+                self.lease_ms,
+                self.lease_ms + 1_500
+            ));
+        }
+        Ok(())
+    }
+
     /// Every setting as (key, value), for `paddock cluster settings`.
     pub fn list(&self) -> Vec<(String, String)> {
         let scheduler = match self.scheduler {
@@ -94,6 +152,39 @@ impl Settings {
             ("scheduler".into(), scheduler.into()),
             ("ha".into(), ha.into()),
             ("restart_limit".into(), self.restart_limit.to_string()),
+            ("heartbeat_ms".into(), self.heartbeat_ms.to_string()),
+            ("lease_ms".into(), self.lease_ms.to_string()),
+            ("down_after_ms".into(), self.down_after_ms.to_string()),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_timings_are_refused_with_the_reason() {
+        let mut settings = Settings::default();
+        let err = settings
+            .set("down_after_ms", "3500")
+            .expect_err("too short");
+        assert!(err.contains("run twice"), "{err}");
+        let err = settings.set("heartbeat_ms", "1500").expect_err("too slow");
+        assert!(err.contains("a third of lease_ms"), "{err}");
+        let err = settings
+            .set("lease_ms", "5000")
+            .expect_err("down_after too short for it");
+        assert!(err.contains("at least 6500"), "{err}");
+        assert_eq!(
+            settings,
+            Settings::default(),
+            "a refused change changes nothing"
+        );
+        settings.set("down_after_ms", "7000").expect("safe");
+        settings.set("lease_ms", "5000").expect("safe now");
+        assert_eq!((settings.lease_ms, settings.down_after_ms), (5000, 7000));
+        assert!(settings.set("restart_limit", "lots").is_err());
+        assert!(settings.set("nonsense", "1").is_err());
     }
 }

@@ -21,7 +21,7 @@ use paddock_raft::{Raft, SharedState};
 use tokio::sync::watch;
 
 use crate::drivers::{Driver, Instance, InstanceState};
-use crate::liveness::{self, Heard, Lease, HEARTBEAT_EVERY};
+use crate::liveness::{self, Heard, Lease};
 use crate::proposer::Proposer;
 use crate::service::RaftService;
 
@@ -82,6 +82,7 @@ impl Agent {
         let lease = Arc::new(std::sync::Mutex::new(inherited));
         tokio::spawn(hold_lease(
             self.raft.clone(),
+            self.shared.clone(),
             self.proposer.clone(),
             self.heard.clone(),
             self.quorum_fresh_ms,
@@ -325,11 +326,12 @@ impl Agent {
     }
 }
 
-/// Heartbeats the leader every [`HEARTBEAT_EVERY`] and keeps the newest lease (also in the
+/// Heartbeats the leader every `heartbeat_ms` (default [`liveness::HEARTBEAT_EVERY`]) and keeps the newest lease (also in the
 /// lease file, for the memvm guests and a restarted paddockd).
 #[allow(clippy::too_many_arguments)]
 async fn hold_lease(
     raft: Raft,
+    shared: SharedState,
     proposer: Arc<Proposer>,
     heard: Arc<Heard>,
     quorum_fresh_ms: u64,
@@ -340,16 +342,18 @@ async fn hold_lease(
 ) {
     use paddock_api::pb;
     loop {
+        let every = Duration::from_millis(shared.read().state.settings.heartbeat_ms)
+            .max(Duration::from_millis(100));
         let sent = Instant::now();
         let sent_ns = liveness::monotonic_ns();
         let answer = match proposer.leader() {
             Some((leader, _)) if leader == raft.metrics().borrow().id => {
-                RaftService::grant(&raft, &heard, quorum_fresh_ms, &name).ok()
+                RaftService::grant(&raft, &shared, &heard, quorum_fresh_ms, &name).ok()
             }
             Some((_, address)) => match proposer.channel(&address) {
                 Ok(channel) => {
                     let mut request = tonic::Request::new(pb::HeartbeatRequest {});
-                    request.set_timeout(HEARTBEAT_EVERY);
+                    request.set_timeout(every);
                     pb::raft_client::RaftClient::new(channel)
                         .heartbeat(request)
                         .await
@@ -383,7 +387,7 @@ async fn hold_lease(
                 }
             }
         }
-        let wait = HEARTBEAT_EVERY.saturating_sub(sent.elapsed());
+        let wait = every.saturating_sub(sent.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,

@@ -137,6 +137,7 @@ pub async fn run(
     let raft_service = pb::raft_server::RaftServer::new(RaftService {
         raft: raft.clone(),
         proposer: proposer.clone(),
+        shared: shared.clone(),
         heard: heard.clone(),
         quorum_fresh_ms,
     })

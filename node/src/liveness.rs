@@ -23,9 +23,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How often an agent heartbeats the leader.
+/// How often an agent heartbeats the leader (default of the `heartbeat_ms` setting).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
-/// How long a granted lease lasts, from the moment the node sent its heartbeat.
+/// How long a granted lease lasts, from the moment the node sent its heartbeat (default of the
+/// `lease_ms` setting).
 pub const LEASE: Duration = Duration::from_secs(3);
 /// Added to lease + max election timeout before a silent node is declared down.
 pub const DOWN_MARGIN: Duration = Duration::from_secs(1);
@@ -111,9 +112,10 @@ impl Heard {
     }
 }
 
-/// A silent node is down after this long.
-pub fn down_after(election_max: Duration) -> Duration {
-    LEASE + election_max + DOWN_MARGIN
+/// A silent node is down after this long: the `down_after_ms` setting, but never less than
+/// `lease + max election timeout + margin`.
+pub fn down_after(lease: Duration, setting: Duration, election_max: Duration) -> Duration {
+    setting.max(lease + election_max + DOWN_MARGIN)
 }
 
 /// The lease this node holds.
@@ -154,7 +156,7 @@ mod tests {
         // A leadership of a new term starts counting again, whatever was heard before.
         assert_eq!(heard.silent_for("n2", 6, t2), Duration::ZERO);
         let election_max = Duration::from_millis(400);
-        let t3 = t2 + down_after(election_max);
+        let t3 = t2 + down_after(LEASE, Duration::ZERO, election_max);
         assert_eq!(heard.silent_for("n2", 6, t3), Duration::from_millis(4_400));
     }
 
@@ -177,6 +179,13 @@ mod tests {
         // The last lease a deposed leader can grant starts before the next election, so the
         // next leader's down threshold, counted from its election, outlasts it.
         let election_max = Duration::from_millis(400);
-        assert!(down_after(election_max) > LEASE + election_max);
+        assert!(down_after(LEASE, Duration::ZERO, election_max) > LEASE + election_max);
+        // A setting can lengthen the threshold, never shorten it below the safe bound.
+        let long = Duration::from_secs(30);
+        assert_eq!(down_after(LEASE, long, election_max), long);
+        assert_eq!(
+            down_after(LEASE, Duration::from_secs(1), election_max),
+            LEASE + election_max + DOWN_MARGIN
+        );
     }
 }

@@ -27,7 +27,6 @@ pub async fn run(
     election_max: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let threshold = down_after(election_max);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
@@ -40,6 +39,12 @@ pub async fn run(
         let now = Instant::now();
         let silent: Vec<(String, Duration)> = {
             let applied = shared.read();
+            let settings = &applied.state.settings;
+            let threshold = down_after(
+                Duration::from_millis(settings.lease_ms),
+                Duration::from_millis(settings.down_after_ms),
+                election_max,
+            );
             if !applied.state.settings.ha_armed {
                 // Disarmed: failover is frozen cluster-wide.
                 continue;

@@ -11,12 +11,13 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::require_node;
-use crate::liveness::{Heard, LEASE};
+use crate::liveness::Heard;
 use crate::proposer::Proposer;
 
 pub struct RaftService {
     pub raft: Raft,
     pub proposer: Arc<Proposer>,
+    pub shared: paddock_raft::SharedState,
     pub heard: Arc<Heard>,
     /// Heartbeats are answered only while a quorum acknowledged this leader within this
     /// many milliseconds (the minimum election timeout).
@@ -27,6 +28,7 @@ impl RaftService {
     /// Grants `node` a lease if this node leads and a quorum acknowledged it recently.
     pub fn grant(
         raft: &Raft,
+        shared: &paddock_raft::SharedState,
         heard: &Heard,
         quorum_fresh_ms: u64,
         node: &str,
@@ -45,7 +47,7 @@ impl RaftService {
         }
         heard.heartbeat(node, std::time::Instant::now());
         Ok(pb::HeartbeatResponse {
-            lease_ms: LEASE.as_millis() as u64,
+            lease_ms: shared.read().state.settings.lease_ms,
             log_index: metrics.last_log_index.unwrap_or(0),
             term: metrics.current_term,
         })
@@ -105,7 +107,14 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         // The node is who its certificate says, whatever it might claim.
         let who = require_node(&request)?;
-        Self::grant(&self.raft, &self.heard, self.quorum_fresh_ms, &who.name).map(Response::new)
+        Self::grant(
+            &self.raft,
+            &self.shared,
+            &self.heard,
+            self.quorum_fresh_ms,
+            &who.name,
+        )
+        .map(Response::new)
     }
 
     async fn timeout_now(
