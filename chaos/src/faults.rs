@@ -16,18 +16,47 @@ pub enum FaultKind {
     RestartAll,
     /// A node removed from the cluster under load, wiped, and joined again at heal.
     Membership,
+    /// kill -9 of a host (not the leader) with its VMs, long enough to be declared down.
+    HostDown,
+    /// SIGSTOP of a host past its lease and the down threshold, then SIGCONT.
+    HostPause,
+    /// A host cut off from every peer (proxies) past the down threshold, then healed.
+    HostIsolate,
+    /// Two hosts killed at once (on 5+ nodes; one on 3).
+    TwoHosts,
+    /// A host killed, and the leader killed too just as it declares the host down.
+    LeaderFailover,
 }
 
 impl FaultKind {
     /// Every kind, in the order `--faults all` draws from.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
         FaultKind::Slow,
         FaultKind::RestartAll,
         FaultKind::Membership,
+        FaultKind::HostDown,
+        FaultKind::HostPause,
+        FaultKind::HostIsolate,
+        FaultKind::TwoHosts,
+        FaultKind::LeaderFailover,
     ];
+
+    /// The host failures that outlast the down threshold (`--faults ha`).
+    pub const HA: [FaultKind; 5] = [
+        FaultKind::HostDown,
+        FaultKind::HostPause,
+        FaultKind::HostIsolate,
+        FaultKind::TwoHosts,
+        FaultKind::LeaderFailover,
+    ];
+
+    /// Whether the fault lasts long enough for the failure detector to act.
+    pub fn is_host_failure(self) -> bool {
+        Self::HA.contains(&self)
+    }
 
     pub fn parse(text: &str) -> Result<FaultKind, String> {
         match text {
@@ -37,8 +66,13 @@ impl FaultKind {
             "slow" => Ok(FaultKind::Slow),
             "restart-all" => Ok(FaultKind::RestartAll),
             "membership" => Ok(FaultKind::Membership),
+            "host-down" => Ok(FaultKind::HostDown),
+            "host-pause" => Ok(FaultKind::HostPause),
+            "host-isolate" => Ok(FaultKind::HostIsolate),
+            "two-hosts" => Ok(FaultKind::TwoHosts),
+            "leader-failover" => Ok(FaultKind::LeaderFailover),
             other => Err(format!(
-                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all, membership"
+                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all, membership, host-down, host-pause, host-isolate, two-hosts, leader-failover (or all, ha)"
             )),
         }
     }
@@ -67,10 +101,17 @@ pub fn schedule(seed: u64, duration: Duration, kinds: &[FaultKind]) -> Vec<Plann
     let mut at = 1_000;
     // Leave the last two seconds fault-free so the run ends healed and settled.
     while at + 2_000 < end {
-        let hold = rng.u64(1_000..=4_000).min(end.saturating_sub(at + 1_000));
+        let kind = kinds[rng.usize(..kinds.len())];
+        // Host failures outlast the down threshold (4.5 s by default) so failover happens.
+        let range = if kind.is_host_failure() {
+            7_000..=9_000
+        } else {
+            1_000..=4_000
+        };
+        let hold = rng.u64(range).min(end.saturating_sub(at + 1_000));
         plan.push(PlannedFault {
             at_ms: at,
-            kind: kinds[rng.usize(..kinds.len())],
+            kind,
             hold_ms: hold,
             pick: rng.u64(..),
         });

@@ -175,6 +175,8 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
     for name in names.iter().flat_map(|n| n.split(',')) {
         if name == "all" {
             kinds.extend(FaultKind::ALL);
+        } else if name == "ha" {
+            kinds.extend(FaultKind::HA);
         } else {
             kinds.push(FaultKind::parse(name).map_err(anyhow::Error::msg)?);
         }
@@ -208,13 +210,17 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
     let mut summary = summary;
     if let Some(vms) = &report.vms {
         summary.push_str(&format!(
-            "vms: {} ({} running), not converged: {}, host problems: {}, ran twice: {} (of {} run intervals), settled after {}\n",
+            "vms: {} ({} running), not converged: {}, host problems: {}, ran twice: {} (of {} run intervals), HA recoveries: {} (worst {} ms), not recovered: {}, non-HA restarted by itself: {}, settled after {}\n",
             vms.vms,
             vms.running,
             vms.not_converged.len(),
             vms.host_problems.len(),
             vms.ran_twice.len(),
             vms.intervals,
+            vms.recovery_ms.len(),
+            vms.recovery_ms.last().copied().unwrap_or(0),
+            vms.not_recovered.len(),
+            vms.restarted_by_itself.len(),
             vms.settled_after_ms
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "never".into())
@@ -232,6 +238,8 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
                 .iter()
                 .chain(&v.host_problems)
                 .chain(&v.ran_twice)
+                .chain(&v.not_recovered)
+                .chain(&v.restarted_by_itself)
         }))
     {
         details.push_str(&format!("  {v}\n"));

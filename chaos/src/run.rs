@@ -70,6 +70,8 @@ impl Recorder {
     fn fault(&self, record: Value) {
         let mut record = record;
         record["time"] = json!(self.now());
+        // Wall clock too: memvm guests record their run intervals in wall-clock ms.
+        record["wall_ms"] = json!(crate::vm_workload::wall_ms());
         if let Ok(mut out) = self.faults.lock() {
             let _ = writeln!(out, "{record}");
         }
@@ -217,6 +219,8 @@ enum Healing {
     Resume(usize),
     /// A removed node starts again, fresh, with `--join`.
     Rejoin(usize),
+    /// Killed hosts start again.
+    RestartMany(Vec<usize>),
     /// Nothing to undo (a fault that could not be applied).
     Nothing,
     Links,
@@ -257,6 +261,74 @@ async fn apply_fault(
             Healing::Everything
         }
         FaultKind::Membership => remove_member(cluster, target, recorder).await,
+        FaultKind::HostDown | FaultKind::HostPause | FaultKind::HostIsolate => {
+            // A host that is not the leader: this is about host failure, not Raft failover.
+            let host = match leader {
+                Some(l) => (l + 1 + (fault.pick % (n as u64 - 1)) as usize) % n,
+                None => random,
+            };
+            let name = cluster.nodes[host].name.clone();
+            match fault.kind {
+                FaultKind::HostDown => {
+                    cluster.kill(host);
+                    recorder
+                        .fault(json!({"fault": "host-down", "action": "start", "nodes": [name]}));
+                    Healing::Restart(host)
+                }
+                FaultKind::HostPause => {
+                    signal(cluster, host, rustix::process::Signal::STOP);
+                    recorder
+                        .fault(json!({"fault": "host-pause", "action": "start", "nodes": [name]}));
+                    Healing::Resume(host)
+                }
+                _ => {
+                    for ((from, to), proxy) in proxies {
+                        if *from == host || *to == host {
+                            proxy.set(LinkMode::Cut);
+                        }
+                    }
+                    recorder.fault(
+                        json!({"fault": "host-isolate", "action": "start", "nodes": [name]}),
+                    );
+                    Healing::Links
+                }
+            }
+        }
+        FaultKind::TwoHosts => {
+            let count = if n >= 5 { 2 } else { 1 };
+            let hosts: Vec<usize> = (1..=count)
+                .map(|k| (leader.unwrap_or(0) + k + (fault.pick % 2) as usize) % n)
+                .collect();
+            let names: Vec<String> = hosts
+                .iter()
+                .map(|h| cluster.nodes[*h].name.clone())
+                .collect();
+            for h in &hosts {
+                cluster.kill(*h);
+            }
+            recorder.fault(json!({"fault": "two-hosts", "action": "start", "nodes": names}));
+            Healing::RestartMany(hosts)
+        }
+        FaultKind::LeaderFailover => {
+            let Some(l) = leader else {
+                recorder.fault(
+                    json!({"fault": "leader-failover", "action": "skipped", "error": "no leader"}),
+                );
+                return Healing::Nothing;
+            };
+            let host = (l + 1 + (fault.pick % (n as u64 - 1)) as usize) % n;
+            let host_name = cluster.nodes[host].name.clone();
+            cluster.kill(host);
+            recorder.fault(
+                json!({"fault": "leader-failover", "action": "start", "nodes": [host_name]}),
+            );
+            // Just as the leader declares the host down (4.5 s), kill the leader too.
+            tokio::time::sleep(Duration::from_millis(4_600)).await;
+            let leader_name = cluster.nodes[l].name.clone();
+            cluster.kill(l);
+            recorder.fault(json!({"fault": "leader-failover", "action": "kill-leader", "nodes": [leader_name]}));
+            Healing::RestartMany(vec![host, l])
+        }
         FaultKind::Slow if (fault.pick >> 24) % 2 == 1 => {
             // Lossy: the node's connections are reset now and then.
             for ((from, to), proxy) in proxies {
@@ -424,6 +496,14 @@ fn heal(
             recorder.fault(json!({"fault": "membership", "action": "end", "nodes": [name], "join_via": cluster.nodes[via].name, "error": error}));
         }
         Healing::Nothing => {}
+        Healing::RestartMany(hosts) => {
+            let mut names = Vec::new();
+            for h in hosts {
+                let _ = cluster.start(*h);
+                names.push(cluster.nodes[*h].name.clone());
+            }
+            recorder.fault(json!({"fault": "hosts", "action": "end", "nodes": names}));
+        }
         Healing::Links => {
             for proxy in proxies.values() {
                 proxy.set(LinkMode::Pass);

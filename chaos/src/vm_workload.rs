@@ -17,6 +17,21 @@ use serde::{Deserialize, Serialize};
 /// VM names the workload uses (`vm-0` …).
 pub const VMS: usize = 8;
 
+/// Wall-clock Unix milliseconds (the clock of the guests' run intervals).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whether workload VM `name` is an HA VM (the first half of the names are).
+pub fn is_ha(name: &str) -> bool {
+    name.strip_prefix("vm-")
+        .and_then(|i| i.parse::<usize>().ok())
+        .is_some_and(|i| i < VMS / 2)
+}
+
 /// One line of `vm_ops.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmOp {

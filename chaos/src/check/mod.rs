@@ -103,7 +103,21 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
         });
     let availability = availability(&events, fault_windows);
     let vms = match std::fs::read(dir.join("vms_final.json")) {
-        Ok(bytes) => Some(vms::check(&serde_json::from_slice(&bytes)?)),
+        Ok(bytes) => {
+            let final_state: crate::vm_workload::VmsFinal = serde_json::from_slice(&bytes)?;
+            let mut report = vms::check(&final_state);
+            let (failures, offset_ms) = host_failures(dir);
+            let ops = timed_ops(dir, offset_ms);
+            vms::recovery(
+                &mut report,
+                &final_state.runs,
+                &failures,
+                &ops,
+                crate::vm_workload::is_ha,
+                RECOVERY_BOUND_MS,
+            );
+            Some(report)
+        }
         Err(_) => None,
     };
     Ok(Report {
@@ -165,6 +179,56 @@ pub fn lost_writes(by_key: &BTreeMap<String, Vec<Operation>>) -> Vec<String> {
         }
     }
     lost
+}
+
+/// HA VMs of a failed host must run elsewhere within this (issue target: 15 s worst case).
+pub const RECOVERY_BOUND_MS: u64 = 15_000;
+
+/// The host failures in `faults.jsonl` (host-down, host-pause, host-isolate, two-hosts,
+/// leader-failover and its killed leader), and the offset from run time to wall-clock ms.
+fn host_failures(dir: &Path) -> (Vec<vms::HostFailure>, u64) {
+    let text = std::fs::read_to_string(dir.join("faults.jsonl")).unwrap_or_default();
+    let mut failures = Vec::new();
+    let mut offset_ms = 0;
+    for line in text.lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(time), Some(wall)) = (record["time"].as_u64(), record["wall_ms"].as_u64()) else {
+            continue;
+        };
+        offset_ms = wall.saturating_sub(time / 1_000_000);
+        let host_fault = matches!(
+            record["fault"].as_str(),
+            Some("host-down" | "host-pause" | "host-isolate" | "two-hosts" | "leader-failover")
+        );
+        let starts = matches!(record["action"].as_str(), Some("start" | "kill-leader"));
+        if host_fault && starts {
+            for node in record["nodes"].as_array().into_iter().flatten() {
+                if let Some(node) = node.as_str() {
+                    failures.push(vms::HostFailure {
+                        node: node.to_string(),
+                        wall_ms: wall,
+                    });
+                }
+            }
+        }
+    }
+    (failures, offset_ms)
+}
+
+/// The VM workload's operations with wall-clock times.
+fn timed_ops(dir: &Path, offset_ms: u64) -> Vec<vms::TimedOp> {
+    let text = std::fs::read_to_string(dir.join("vm_ops.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<crate::vm_workload::VmOp>(l).ok())
+        .filter(|op| op.kind == "invoke")
+        .map(|op| vms::TimedOp {
+            wall_ms: offset_ms + op.time / 1_000_000,
+            vm: op.vm,
+            f: op.f,
+        })
+        .collect()
 }
 
 /// Process ids from here on are the final reads made after healing (one per key).

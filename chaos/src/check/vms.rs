@@ -19,6 +19,15 @@ pub struct VmReport {
     /// Times a VM ran on two nodes at once (from the guests' run intervals).
     #[serde(default)]
     pub ran_twice: Vec<String>,
+    /// HA VMs of a failed host that did not run elsewhere within the bound.
+    #[serde(default)]
+    pub not_recovered: Vec<String>,
+    /// Non-HA VMs of a failed host that ran elsewhere with no operator action.
+    #[serde(default)]
+    pub restarted_by_itself: Vec<String>,
+    /// How long each HA VM of a failed host took to run elsewhere (ms after the failure).
+    #[serde(default)]
+    pub recovery_ms: Vec<u64>,
     #[serde(default)]
     pub intervals: usize,
     pub settled_after_ms: Option<u64>,
@@ -26,7 +35,11 @@ pub struct VmReport {
 
 impl VmReport {
     pub fn valid(&self) -> bool {
-        self.not_converged.is_empty() && self.host_problems.is_empty() && self.ran_twice.is_empty()
+        self.not_converged.is_empty()
+            && self.host_problems.is_empty()
+            && self.ran_twice.is_empty()
+            && self.not_recovered.is_empty()
+            && self.restarted_by_itself.is_empty()
     }
 }
 
@@ -62,9 +75,87 @@ pub fn check(final_state: &VmsFinal) -> VmReport {
         not_converged,
         host_problems: host_problems(&final_state.cluster, &final_state.hosts),
         ran_twice: ran_twice(&final_state.runs),
+        not_recovered: Vec::new(),
+        restarted_by_itself: Vec::new(),
+        recovery_ms: Vec::new(),
         intervals: final_state.runs.len(),
         settled_after_ms: final_state.settled_after_ms,
     }
+}
+
+/// A host failure the harness injected: `node` stopped working at `wall_ms`.
+#[derive(Debug, Clone)]
+pub struct HostFailure {
+    pub node: String,
+    pub wall_ms: u64,
+}
+
+/// A VM workload operation, with its wall-clock time.
+#[derive(Debug, Clone)]
+pub struct TimedOp {
+    pub vm: String,
+    pub f: String,
+    pub wall_ms: u64,
+}
+
+/// Every HA VM that ran on a failed host when it failed must run elsewhere within `bound_ms`;
+/// no other VM of that host may run elsewhere in that time unless the workload created or
+/// started it. VMs the workload touched around the failure are left out (their fate is the
+/// operator's doing, not HA's).
+pub fn recovery(
+    report: &mut VmReport,
+    runs: &[RunInterval],
+    failures: &[HostFailure],
+    ops: &[TimedOp],
+    is_ha: impl Fn(&str) -> bool,
+    bound_ms: u64,
+) {
+    for failure in failures {
+        let victims: Vec<&RunInterval> = runs
+            .iter()
+            .filter(|r| {
+                r.node == failure.node
+                    && r.start_ms <= failure.wall_ms
+                    && failure.wall_ms <= r.end_ms + END_SLACK_MS
+            })
+            .collect();
+        for victim in victims {
+            let touched = ops.iter().any(|op| {
+                op.vm == victim.vm
+                    && op.wall_ms + 1_000 >= failure.wall_ms
+                    && op.wall_ms <= failure.wall_ms + bound_ms
+            });
+            if touched {
+                continue;
+            }
+            let elsewhere = runs
+                .iter()
+                .filter(|r| r.vm == victim.vm && r.node != failure.node)
+                .filter(|r| r.start_ms + END_SLACK_MS >= failure.wall_ms)
+                .map(|r| r.start_ms)
+                .min();
+            let took = elsewhere.map(|start| start.saturating_sub(failure.wall_ms));
+            if is_ha(&victim.vm) {
+                match took {
+                    Some(ms) if ms <= bound_ms => report.recovery_ms.push(ms),
+                    Some(ms) => report.not_recovered.push(format!(
+                        "{} (HA) of {} failed at {} ran elsewhere only after {ms} ms (bound {bound_ms} ms)",
+                        victim.vm, failure.node, failure.wall_ms
+                    )),
+                    None => report.not_recovered.push(format!(
+                        "{} (HA) of {} failed at {} never ran elsewhere",
+                        victim.vm, failure.node, failure.wall_ms
+                    )),
+                }
+            } else if let Some(ms) = took.filter(|ms| *ms <= bound_ms) {
+                report.restarted_by_itself.push(format!(
+                    "{} (not HA) of {} failed at {} ran on another node {ms} ms later with no start",
+                    victim.vm, failure.node, failure.wall_ms
+                ));
+            }
+        }
+    }
+    report.recovery_ms.sort_unstable();
 }
 
 /// A guest writes its interval's end every 200 ms; a killed one may have run that much longer.
@@ -182,6 +273,43 @@ mod tests {
             start_ms,
             end_ms,
         }
+    }
+
+    #[test]
+    fn ha_vms_of_a_failed_host_must_run_elsewhere_in_time_and_others_must_not() {
+        let failures = [HostFailure {
+            node: "n1".into(),
+            wall_ms: 10_000,
+        }];
+        let runs = [
+            run("h-ok", "n1", 1, 0, 10_050),
+            run("h-ok", "n2", 2, 15_000, 30_000),
+            run("h-late", "n1", 1, 0, 10_000),
+            run("h-late", "n3", 2, 40_000, 50_000),
+            run("p-moved", "n1", 1, 0, 10_000),
+            run("p-moved", "n2", 2, 16_000, 20_000),
+            run("p-started", "n1", 1, 0, 10_000),
+            run("p-started", "n2", 2, 16_000, 20_000),
+        ];
+        let ops = [TimedOp {
+            vm: "p-started".into(),
+            f: "start".into(),
+            wall_ms: 14_000,
+        }];
+        let mut report = VmReport::default();
+        recovery(
+            &mut report,
+            &runs,
+            &failures,
+            &ops,
+            |vm| vm.starts_with("h-"),
+            15_000,
+        );
+        assert_eq!(report.recovery_ms, vec![5_000]);
+        assert_eq!(report.not_recovered.len(), 1, "{report:?}");
+        assert!(report.not_recovered[0].starts_with("h-late"));
+        assert_eq!(report.restarted_by_itself.len(), 1, "{report:?}");
+        assert!(report.restarted_by_itself[0].starts_with("p-moved"));
     }
 
     #[test]
