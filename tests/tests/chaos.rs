@@ -1,4 +1,4 @@
-//! A short chaos run: real processes, seeded faults, every checker must pass. Longer soaks are
+//! Short chaos runs: real processes, seeded faults, every checker must pass. Longer soaks are
 //! run by hand (docs/chaos.md).
 
 use std::process::Command;
@@ -13,13 +13,17 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
         .tempdir()?;
     // The second run draws from every fault kind, membership changes and restart-all included,
     // with the VM workload beside the KV one.
-    for (seed, faults, workload) in [
-        (1, "kill,pause,partition,slow", "kv"),
+    // The third fails whole hosts long enough for HA to act (VM checkers: single run, recovery
+    // bound, no non-HA VM restarted by itself).
+    for (seed, faults, workload, duration) in [
+        (1, "kill,pause,partition,slow", "kv", "15s"),
         (
             2,
             "kill,pause,partition,slow,restart-all,membership",
             "kv,vm",
+            "15s",
         ),
+        (3, "ha", "kv,vm", "25s"),
     ] {
         let dir = out.path().join(format!("seed-{seed}"));
         let output = Command::new(binaries().join("paddock-chaos"))
@@ -28,7 +32,7 @@ async fn a_short_chaos_run_passes_every_checker() -> anyhow::Result<()> {
                 "--nodes",
                 "3",
                 "--duration",
-                "15s",
+                duration,
                 "--seed",
                 &seed.to_string(),
                 "--faults",
