@@ -1,6 +1,8 @@
-//! HA on real processes: a killed host's HA VMs run again elsewhere and its other VMs fail;
-//! a paused host's VMs are fenced by their lease before they run anywhere else, and the host
-//! destroys its stale copies when it wakes up.
+//! HA on real processes (DESIGN.md §5): a killed host's HA VMs run again elsewhere and its
+//! other VMs fail; a paused or isolated host's VMs are fenced by their lease before they run
+//! anywhere else, and the host destroys its stale copies when it is back; failover carries on
+//! when two hosts and then the leader die; maintenance and `ha disarm` hold failover; crashed
+//! HA VMs restart in place, then elsewhere, then stay failed.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -336,5 +338,164 @@ async fn a_crashing_ha_vm_restarts_in_place_then_elsewhere_then_stays_failed() -
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(vm(&mut client, "plain").await?.state, "failed");
+    Ok(())
+}
+
+/// The proxies every node-to-node link goes through (peers dial each other via `--route`).
+struct Isolation {
+    proxies: Vec<paddock_chaos::proxy::LinkProxy>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_host_is_fenced_and_its_ha_vm_runs_elsewhere() -> anyhow::Result<()> {
+    use paddock_chaos::proxy::{LinkMode, LinkProxy};
+    let _serial = serial().await;
+    let (_dir, mut cluster) = cluster(spec(3))?;
+    // Every node-to-node link through a proxy, as in the chaos harness.
+    let mut links = Isolation {
+        proxies: Vec::new(),
+    };
+    let mut touching_n3 = Vec::new();
+    for i in 0..3 {
+        let mut routes = Vec::new();
+        for j in (0..3).filter(|j| *j != i) {
+            let proxy = LinkProxy::start(cluster.nodes[j].address.clone()).await?;
+            routes.push(format!("{}={}", cluster.nodes[j].name, proxy.address));
+            if i == 2 || j == 2 {
+                touching_n3.push(links.proxies.len());
+            }
+            links.proxies.push(proxy);
+        }
+        cluster.nodes[i].extra_args.extend([
+            "--route".to_string(),
+            routes.join(","),
+            "--memvm-working-set".to_string(),
+            "1MiB".to_string(),
+        ]);
+    }
+    cluster.start_all()?;
+    cluster.wait_for_leader(WAIT).await?;
+    let mut client = cluster.client_of(
+        vec![
+            cluster.nodes[0].address.clone(),
+            cluster.nodes[1].address.clone(),
+        ],
+        WAIT,
+    )?;
+    until!(
+        "3 nodes registered",
+        Ok(client.node_list(false).await?.len() == 3)
+    );
+    client.vm_create("ha-4", on_n3(true), false).await?;
+    until!("ha-4 running on n3", {
+        let a = vm(&mut client, "ha-4").await?;
+        Ok(a.state == "running" && a.node == "n3")
+    });
+    for i in &touching_n3 {
+        links.proxies[*i].set(LinkMode::Cut);
+    }
+    until!("ha-4 running elsewhere", {
+        let a = vm(&mut client, "ha-4").await?;
+        Ok(a.state == "running" && a.node != "n3")
+    });
+    for i in &touching_n3 {
+        links.proxies[*i].set(LinkMode::Pass);
+    }
+    until!("n3's stale copy destroyed", {
+        Ok(!cluster.nodes[2].data_dir.join("memvm/vms/ha-4").exists())
+    });
+    let runs = intervals(&cluster, "ha-4");
+    let old = runs
+        .iter()
+        .find(|r| r.0 == "n3")
+        .expect("an interval on n3");
+    let new = runs
+        .iter()
+        .find(|r| r.0 != "n3")
+        .expect("an interval elsewhere");
+    assert!(old.3 < new.2, "ran on two nodes at once: {runs:?}");
+    cluster.stop_all();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_survives_the_leader_dying_and_two_hosts_dying_at_once() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let (_dir, mut cluster) = cluster(spec(5))?;
+    for node in &mut cluster.nodes {
+        node.extra_args
+            .extend(["--cpus", "8", "--memvm-working-set", "1MiB"].map(String::from));
+    }
+    cluster.start_all()?;
+    let leader = cluster.wait_for_leader(WAIT).await?;
+    // Two victims that are not the leader.
+    let victims: Vec<usize> = (1..=2).map(|k| (leader + k) % 5).collect();
+    let names: Vec<String> = victims
+        .iter()
+        .map(|v| cluster.nodes[*v].name.clone())
+        .collect();
+    let survivors: Vec<String> = (0..5)
+        .filter(|i| !victims.contains(i) && *i != leader)
+        .map(|i| cluster.nodes[i].address.clone())
+        .collect();
+    let mut client = cluster.client_of(survivors, WAIT)?;
+    until!(
+        "5 nodes registered",
+        Ok(client.node_list(false).await?.len() == 5)
+    );
+    for (i, name) in names.iter().enumerate() {
+        for k in 0..3 {
+            let spec = pb::VmSpec {
+                cpus: 1,
+                memory_mib: 32,
+                ha: true,
+                priority: (100 * k) as u32,
+                prefer: vec![name.clone()],
+                ..Default::default()
+            };
+            client.vm_create(&format!("v{i}-{k}"), spec, false).await?;
+        }
+    }
+    let all: Vec<String> = (0..2)
+        .flat_map(|i| (0..3).map(move |k| format!("v{i}-{k}")))
+        .collect();
+    until!("six VMs running on the victims", {
+        let list = client.vm_list(false).await?;
+        Ok(list
+            .iter()
+            .filter(|v| v.state == "running" && names.contains(&v.node))
+            .count()
+            == 6)
+    });
+    // Both victims die at once; as the leader starts failing them over, it dies too.
+    for v in &victims {
+        cluster.kill(*v);
+    }
+    tokio::time::sleep(Duration::from_millis(4_700)).await;
+    cluster.kill(leader);
+    // Three of five down leaves no majority: the old leader's host reboots at once (a new
+    // leader among the three must carry the failover on from the replicated state).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start(leader)?;
+    until!("every VM running on a survivor", {
+        let list = client.vm_list(false).await?;
+        Ok(all.iter().all(|n| {
+            list.iter()
+                .any(|v| &v.name == n && v.state == "running" && !names.contains(&v.node))
+        }))
+    });
+    // Never on two nodes at once, never lost: one live guest per VM across the cluster.
+    for name in &all {
+        let runs = intervals(&cluster, name);
+        for (i, a) in runs.iter().enumerate() {
+            for b in &runs[i + 1..] {
+                assert!(
+                    a.0 == b.0 || a.3 < b.2 || b.3 < a.2,
+                    "{name} ran on two nodes at once: {runs:?}"
+                );
+            }
+        }
+    }
+    cluster.stop_all();
     Ok(())
 }
