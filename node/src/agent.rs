@@ -45,6 +45,8 @@ pub struct Agent {
     /// The leader-side record of heartbeats (used when this node leads and heartbeats itself).
     pub heard: Arc<Heard>,
     pub quorum_fresh_ms: u64,
+    /// `--fencing watchdog`: the device fed only while the lease is valid.
+    pub watchdog: Option<std::path::PathBuf>,
 }
 
 /// Where the agent stands with its lease.
@@ -91,6 +93,15 @@ impl Agent {
             self.lease_file.clone(),
             shutdown.clone(),
         ));
+        if let Some(device) = self.watchdog.clone() {
+            let (lease, shutdown) = (lease.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::watchdog::feed(device, lease, shutdown).await {
+                    // Not feeding it means the host will be reset: say why, loudly.
+                    tracing::error!(error = %e, "watchdog feeding stopped");
+                }
+            });
+        }
         let mut applied = self.raft.metrics();
         let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
         let mut registered = None;

@@ -71,6 +71,14 @@ pub struct Flags {
     /// Hypervisor driver: memvm (embedded, default) or libvirt (needs the `libvirt` build).
     #[arg(long, env = "PADDOCK_DRIVER")]
     pub driver: Option<String>,
+    /// Fencing: `none` (VMs are stopped by the agent and memvm guests at the end of the lease)
+    /// or `watchdog` (also feed --watchdog-device only while the lease is valid, so a hung
+    /// paddockd resets the host) [default: none].
+    #[arg(long, env = "PADDOCK_FENCING")]
+    pub fencing: Option<String>,
+    /// Watchdog device for --fencing watchdog [default: /dev/watchdog].
+    #[arg(long, env = "PADDOCK_WATCHDOG_DEVICE")]
+    pub watchdog_device: Option<PathBuf>,
     /// libvirt connection URI for --driver libvirt [default: qemu:///system].
     #[arg(long, env = "PADDOCK_LIBVIRT_URI")]
     pub libvirt_uri: Option<String>,
@@ -116,6 +124,8 @@ struct FileConfig {
     keep_logs: Option<u64>,
     log: Option<String>,
     driver: Option<String>,
+    fencing: Option<String>,
+    watchdog_device: Option<PathBuf>,
     libvirt_uri: Option<String>,
     cpus: Option<u32>,
     memory: Option<String>,
@@ -136,6 +146,8 @@ pub enum DriverKind {
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub driver: DriverKind,
+    /// `Some(device)` with `--fencing watchdog`.
+    pub watchdog: Option<PathBuf>,
     pub libvirt_uri: String,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
@@ -346,8 +358,23 @@ impl NodeConfig {
         if cpus == Some(0) {
             return Err(invalid("--cpus must be at least 1"));
         }
+        let watchdog = match flags.fencing.or(file.fencing).as_deref() {
+            None | Some("none") => None,
+            Some("watchdog") => Some(
+                flags
+                    .watchdog_device
+                    .or(file.watchdog_device)
+                    .unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
+            ),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "--fencing {other:?} is unknown; use none or watchdog"
+                )))
+            }
+        };
         let host = HostConfig {
             driver,
+            watchdog,
             libvirt_uri: flags
                 .libvirt_uri
                 .or(file.libvirt_uri)

@@ -245,7 +245,16 @@ pub async fn run(
         lease_file: crate::liveness::lease_path(&config.data_dir),
         heard: heard.clone(),
         quorum_fresh_ms,
+        watchdog: config.host.watchdog.clone(),
     };
+    if let Some(device) = &config.host.watchdog {
+        // Fail at start if there is no device (opening it here would arm it).
+        anyhow::ensure!(
+            device.exists(),
+            "--fencing watchdog: {} does not exist; load a watchdog driver (e.g. `modprobe softdog soft_margin=3`) or start without --fencing watchdog",
+            device.display()
+        );
+    }
     tokio::spawn(agent.run(shutdown.clone()));
     tokio::spawn(controllers::recovery::run(
         raft.clone(),

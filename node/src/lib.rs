@@ -21,3 +21,4 @@ pub mod membership;
 pub mod metrics;
 pub mod proposer;
 pub mod service;
+pub mod watchdog;
