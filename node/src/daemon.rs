@@ -160,6 +160,8 @@ pub async fn run(
     let nodes_service = pb::nodes_server::NodesServer::new(NodesService {
         proposer: proposer.clone(),
         shared: shared.clone(),
+        raft: raft.clone(),
+        heard: heard.clone(),
     })
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let vms_service = pb::vms_server::VmsServer::new(VmsService {

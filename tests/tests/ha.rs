@@ -112,6 +112,14 @@ async fn a_killed_hosts_ha_vms_run_elsewhere_and_its_other_vms_fail() -> anyhow:
 
     cluster.kill(2); // the whole host: paddockd and its guests
     let killed = Instant::now();
+    // The leader sees it go quiet first (suspect, in memory), then commits it down.
+    until!("n3 suspect", {
+        Ok(client
+            .node_list(false)
+            .await?
+            .iter()
+            .any(|n| n.name == "n3" && n.state == "suspect"))
+    });
     until!("ha-1 running elsewhere", {
         let a = vm(&mut client, "ha-1").await?;
         Ok(a.state == "running" && a.node != "n3" && a.epoch > before)

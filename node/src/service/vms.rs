@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use paddock_api::pb::{self, nodes_server, settings_server, vms_server};
+use paddock_api::pb::{self, nodes_client, nodes_server, settings_server, vms_server};
 use paddock_model::command::NewVm;
 use paddock_model::query::{NodeEntry, MAX_LIST_LIMIT};
 use paddock_model::vm::Desired;
@@ -30,9 +30,31 @@ async fn done(
 pub struct NodesService {
     pub proposer: Arc<Proposer>,
     pub shared: SharedState,
+    pub raft: paddock_raft::Raft,
+    /// The leader's memory of heartbeats: nodes silent for more than two heartbeat intervals
+    /// are listed as `suspect` (never committed: only `down` is).
+    pub heard: Arc<crate::liveness::Heard>,
 }
 
 impl NodesService {
+    /// On the leader: nodes it has not heard from for two heartbeat intervals are `suspect`.
+    fn mark_suspects(&self, nodes: &mut [pb::NodeInfo]) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return;
+        }
+        let heartbeat = self.shared.read().state.settings.heartbeat_ms;
+        let now = std::time::Instant::now();
+        for node in nodes {
+            if matches!(node.state.as_str(), "ready" | "cordoned") {
+                let silent = self.heard.silent_for(&node.name, metrics.current_term, now);
+                if silent.as_millis() as u64 > 2 * heartbeat {
+                    node.state = "suspect".into();
+                }
+            }
+        }
+    }
+
     fn info(&self, entry: NodeEntry) -> pb::NodeInfo {
         let NodeEntry { node, vms } = entry;
         let address = self
@@ -69,13 +91,31 @@ impl nodes_server::Nodes for NodesService {
     ) -> Result<Response<pb::NodeListResponse>, Status> {
         caller(&request)?;
         let stale = request.into_inner().stale;
+        // Only the leader knows who is suspect: a linearizable list is answered by it.
+        let me = self.raft.metrics().borrow().id;
+        if !stale {
+            match self.proposer.leader() {
+                Some((leader, address)) if leader != me => {
+                    let channel = self.proposer.channel(&address)?;
+                    return nodes_client::NodesClient::new(channel)
+                        .list(pb::NodeListRequest { stale: false })
+                        .await;
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Status::unavailable(
+                        "no leader is known yet (election under way, or no majority reachable); retry shortly, or pass --stale",
+                    ))
+                }
+            }
+        }
         match self.proposer.read(Query::NodeList, stale).await? {
-            QueryResult::Nodes(entries) => Ok(reply(
-                &self.proposer,
-                pb::NodeListResponse {
-                    nodes: entries.into_iter().map(|e| self.info(e)).collect(),
-                },
-            )),
+            QueryResult::Nodes(entries) => {
+                let mut nodes: Vec<pb::NodeInfo> =
+                    entries.into_iter().map(|e| self.info(e)).collect();
+                self.mark_suspects(&mut nodes);
+                Ok(reply(&self.proposer, pb::NodeListResponse { nodes }))
+            }
             other => Err(unexpected(&other)),
         }
     }
