@@ -22,7 +22,7 @@ pub struct SoakConfig {
     pub out: PathBuf,
 }
 
-const HEADER: &str = "seed,verdict,operations,ok,info,faults,violations,unknown,lost_writes,converged,ok_share_without_faults,longest_gap_ms,seconds";
+const HEADER: &str = "seed,verdict,operations,ok,info,faults,violations,unknown,lost_writes,converged,ok_share_without_faults,longest_gap_ms,seconds,vm_problems,ran_twice,ha_recoveries,worst_recovery_ms";
 
 /// One finished run, as the CSV line records it.
 struct RunLine {
@@ -44,23 +44,40 @@ impl RunLine {
             None => "error",
         };
         match &self.report {
-            Some(r) => format!(
-                "{},{verdict},{},{},{},{},{},{},{},{},{:.3},{},{:.0}",
-                self.seed,
-                r.operations.total,
-                r.operations.ok,
-                r.operations.info,
-                self.faults,
-                r.linearizable.violations.len(),
-                r.linearizable.unknown.len(),
-                r.lost_writes.len(),
-                r.converged,
-                r.availability.ok_share_without_faults,
-                r.availability.longest_gap_ms,
-                self.seconds
-            ),
+            Some(r) => {
+                let (problems, twice, recoveries, worst) = r.vms.as_ref().map_or(
+                    (String::new(), String::new(), String::new(), String::new()),
+                    |v| {
+                        (
+                            (v.not_converged.len()
+                                + v.host_problems.len()
+                                + v.not_recovered.len()
+                                + v.restarted_by_itself.len())
+                            .to_string(),
+                            v.ran_twice.len().to_string(),
+                            v.recovery_ms.len().to_string(),
+                            v.recovery_ms.last().map(u64::to_string).unwrap_or_default(),
+                        )
+                    },
+                );
+                format!(
+                    "{},{verdict},{},{},{},{},{},{},{},{},{:.3},{},{:.0},{problems},{twice},{recoveries},{worst}",
+                    self.seed,
+                    r.operations.total,
+                    r.operations.ok,
+                    r.operations.info,
+                    self.faults,
+                    r.linearizable.violations.len(),
+                    r.linearizable.unknown.len(),
+                    r.lost_writes.len(),
+                    r.converged,
+                    r.availability.ok_share_without_faults,
+                    r.availability.longest_gap_ms,
+                    self.seconds
+                )
+            }
             None => format!(
-                "{},{verdict},,,,{},,,,,,,{:.0}",
+                "{},{verdict},,,,{},,,,,,,{:.0},,,,",
                 self.seed, self.faults, self.seconds
             ),
         }
@@ -155,7 +172,31 @@ fn totals(lines: &[RunLine]) -> String {
             .sum::<f64>()
             / reports.len() as f64
     };
-    format!(
+    let vm_reports: Vec<_> = reports.iter().filter_map(|r| r.vms.as_ref()).collect();
+    let mut recoveries: Vec<u64> = vm_reports
+        .iter()
+        .flat_map(|v| v.recovery_ms.iter().copied())
+        .collect();
+    recoveries.sort_unstable();
+    let vm_line = if vm_reports.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "VM runs: {}; ran twice: {}; HA recoveries: {} (median {} ms, worst {} ms); not recovered: {}; non-HA restarted by itself: {}; not converged: {}\n",
+            vm_reports.len(),
+            vm_reports.iter().map(|v| v.ran_twice.len()).sum::<usize>(),
+            recoveries.len(),
+            recoveries.get(recoveries.len() / 2).copied().unwrap_or(0),
+            recoveries.last().copied().unwrap_or(0),
+            vm_reports.iter().map(|v| v.not_recovered.len()).sum::<usize>(),
+            vm_reports.iter().map(|v| v.restarted_by_itself.len()).sum::<usize>(),
+            vm_reports
+                .iter()
+                .map(|v| v.not_converged.len() + v.host_problems.len())
+                .sum::<usize>(),
+        )
+    };
+    let base = format!(
         "runs: {} ({} passed, {} failed, {} without a report)\noperations: {} ({} ok, {} info)\nfaults injected: {}\nlinearizability violations: {} (unknown: {})\nlost acknowledged writes: {}\nruns not converged: {}\nok share outside faults: {:.1}% (mean)\nlongest unavailability window: median {} ms, worst {} ms\n",
         lines.len(),
         lines.iter().filter(|l| l.passed()).count(),
@@ -172,5 +213,6 @@ fn totals(lines: &[RunLine]) -> String {
         mean_ok * 100.0,
         median_gap,
         max_gap,
-    )
+    );
+    base + &vm_line
 }
