@@ -120,6 +120,11 @@ pub enum Command {
         vm: String,
         epoch: u64,
     },
+    /// A node confirms that the deleted VMs it ran are destroyed (their names may be reused).
+    VmGone {
+        node: String,
+        vms: Vec<String>,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -249,7 +254,8 @@ impl Command {
             | Command::SettingSet { .. }
             | Command::NodeDown { .. }
             | Command::NodeMaintenance { .. }
-            | Command::VmRecover { .. } => Ok(()),
+            | Command::VmRecover { .. }
+            | Command::VmGone { .. } => Ok(()),
         }
     }
 }

@@ -38,6 +38,10 @@ pub struct ClusterState {
     /// Last assignment epoch handed out; epochs only grow.
     pub epoch: u64,
     pub settings: Settings,
+    /// Deleted VMs whose node has not yet confirmed their destruction, by name: (node,
+    /// epoch). A name here cannot be created again, so a new VM never runs while an old one
+    /// of the same name still might (its node may be cut off until its lease ends).
+    pub deleting: BTreeMap<String, (String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

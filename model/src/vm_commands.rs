@@ -58,6 +58,7 @@ impl ClusterState {
                         name: name.clone(),
                     });
                 }
+                self.check_not_deleting(name)?;
                 self.insert_vm(name, spec, *desired, at_ms);
                 Ok(Response::Done)
             }
@@ -71,6 +72,7 @@ impl ClusterState {
                             name: vm.name.clone(),
                         });
                     }
+                    self.check_not_deleting(&vm.name)?;
                 }
                 for vm in vms {
                     self.insert_vm(&vm.name, &vm.spec, vm.desired, at_ms);
@@ -102,6 +104,18 @@ impl ClusterState {
             Command::VmDelete { name } => {
                 let vm = self.vms.remove(name).ok_or_else(|| not_found("VM", name))?;
                 self.release(&vm);
+                if let Some(a) = &vm.assignment {
+                    self.deleting
+                        .insert(name.clone(), (a.node.clone(), a.epoch));
+                }
+                Ok(Response::Done)
+            }
+            Command::VmGone { node, vms } => {
+                for name in vms {
+                    if self.deleting.get(name).is_some_and(|(n, _)| n == node) {
+                        self.deleting.remove(name);
+                    }
+                }
                 Ok(Response::Done)
             }
             Command::VmPlace { placements } => Ok(self.place(placements, at_ms)),
@@ -198,6 +212,8 @@ impl ClusterState {
                     return Ok(Response::Done);
                 }
                 node.health = Health::Down;
+                // Down means its lease has ended: nothing of it still runs.
+                self.deleting.retain(|_, (n, _)| n != name);
                 let on_node: Vec<String> = self
                     .vms
                     .values()
@@ -242,6 +258,18 @@ impl ClusterState {
             Command::KvPut { .. } | Command::KvDelete { .. } | Command::KvCas { .. } => {
                 unreachable!("key/value commands are applied by ClusterState::apply_command")
             }
+        }
+    }
+
+    /// A name whose previous VM may still run somewhere cannot be used yet.
+    fn check_not_deleting(&self, name: &str) -> Result<(), Rejection> {
+        match self.deleting.get(name) {
+            Some((node, epoch)) => Err(Rejection::Invalid {
+                reason: format!(
+                    "VM {name} was deleted but {node} has not yet confirmed it destroyed it (epoch {epoch}); retry in a few seconds (at most one lease once {node} is declared down)"
+                ),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -518,6 +546,40 @@ mod tests {
             .expect("test setup")
             .message
             .contains("running on n1"));
+    }
+
+    #[test]
+    fn a_deleted_name_is_reusable_only_once_its_node_confirmed_the_destruction() {
+        let mut state = ClusterState::default();
+        register(&mut state, "n1", 4, 4096);
+        register(&mut state, "n2", 4, 4096);
+        create(&mut state, "a", spec(1, 100, None));
+        place(&mut state, "a", "n1");
+        run(&mut state, Command::VmDelete { name: "a".into() }).expect("delete");
+        let again = Command::VmCreate {
+            name: "a".into(),
+            spec: spec(1, 100, None),
+            desired: Desired::Running,
+        };
+        let refused = run(&mut state, again.clone());
+        assert!(
+            matches!(&refused, Err(Rejection::Invalid { reason }) if reason.contains("has not yet confirmed")),
+            "{refused:?}"
+        );
+        // Another node's word does not count; n1's does.
+        let gone = |node: &str| Command::VmGone {
+            node: node.into(),
+            vms: vec!["a".into()],
+        };
+        run(&mut state, gone("n2")).expect("gone");
+        assert!(run(&mut state, again.clone()).is_err());
+        run(&mut state, gone("n1")).expect("gone");
+        run(&mut state, again).expect("the name is free again");
+        // A node declared down frees its names too (its lease has ended).
+        place(&mut state, "a", "n2");
+        run(&mut state, Command::VmDelete { name: "a".into() }).expect("delete");
+        run(&mut state, Command::NodeDown { name: "n2".into() }).expect("down");
+        assert!(state.deleting.is_empty());
     }
 
     #[test]

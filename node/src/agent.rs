@@ -194,6 +194,16 @@ impl Agent {
             return Ok(false);
         }
         self.register(registered).await?;
+        // Deleted VMs this node ran: confirmed gone once the loop below has destroyed them.
+        let deleted_here: Vec<String> = self
+            .shared
+            .read()
+            .state
+            .deleting
+            .iter()
+            .filter(|(_, (node, _))| *node == self.name)
+            .map(|(name, _)| name.clone())
+            .collect();
         let assigned: BTreeMap<String, Assigned> = {
             let applied = self.shared.read();
             applied
@@ -237,6 +247,13 @@ impl Agent {
                 tracing::info!(vm = %instance.vm, epoch = instance.epoch, "destroying a VM not assigned here");
                 self.blocking(move |d| d.destroy(&instance.vm)).await?;
             }
+        }
+        if !deleted_here.is_empty() {
+            self.propose(Command::VmGone {
+                node: self.name.clone(),
+                vms: deleted_here,
+            })
+            .await?;
         }
         let mut reports = Vec::new();
         for (vm, a) in &assigned {

@@ -293,6 +293,10 @@ async fn a_restarted_daemon_adopts_its_vms_and_destroys_those_no_longer_assigned
     );
     assert_eq!(guest_pids(&cluster, 2).get("keep"), Some(&before["keep"]));
     assert!(!guest_pids(&cluster, 2).contains_key("drop"));
+    // Once n3 has confirmed the destruction, the name can be used again.
+    until!("drop can be created again", {
+        Ok(client.vm_create("drop", spec_of(1, 64), true).await.is_ok())
+    });
     cluster.stop_all();
     Ok(())
 }
