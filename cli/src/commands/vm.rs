@@ -166,9 +166,7 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                 }
                 eprintln!("created {} … {}", names[0], names[names.len() - 1]);
                 if args.wait.wait {
-                    for name in &names {
-                        wait_for(&mut client, name, want, &args.wait).await?;
-                    }
+                    wait_for_many(&mut client, &names, want, &args.wait).await?;
                 }
                 return Ok(());
             }
@@ -319,6 +317,63 @@ async fn wait_for(client: &mut Client, name: &str, want: &str, wait: &Wait) -> R
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls the VM list until every one of `names` is `want`, printing the count as it changes.
+async fn wait_for_many(
+    client: &mut Client,
+    names: &[String],
+    want: &str,
+    wait: &Wait,
+) -> Result<(), Failure> {
+    let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let list = client.vm_list(false).await.map_err(client_failure)?;
+        let ours: Vec<&VmSummary> = list
+            .iter()
+            .filter(|v| wanted.contains(v.name.as_str()))
+            .collect();
+        let done = ours.iter().filter(|v| v.state == want).count();
+        let failed: Vec<&str> = ours
+            .iter()
+            .filter(|v| v.state == "failed")
+            .map(|v| v.name.as_str())
+            .collect();
+        if done != last {
+            eprintln!(
+                "  {:>6.1}s  {done}/{} {want}",
+                started.elapsed().as_secs_f64(),
+                names.len()
+            );
+            last = done;
+        }
+        if done == names.len() {
+            return Ok(());
+        }
+        if !failed.is_empty() {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "{} failed: {}; see `paddock vm show NAME`",
+                    failed.len(),
+                    failed.join(", ")
+                ),
+            ));
+        }
+        if started.elapsed() > wait.wait_timeout {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!(
+                    "only {done} of {} are {want} after {:?}; see `paddock vm list`",
+                    names.len(),
+                    wait.wait_timeout
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
