@@ -125,6 +125,12 @@ impl Guest {
     }
 }
 
+/// The guest loop's period: [`TICK`] for busy guests, up to 100 ms for slow ones.
+pub fn tick_for(dirty_pages_per_sec: u64) -> Duration {
+    let per_page = Duration::from_millis(1000 / dirty_pages_per_sec.max(1));
+    per_page.clamp(TICK, Duration::from_millis(100))
+}
+
 /// Writes `value` as JSON to `path` atomically (temp file + rename).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -153,7 +159,13 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     };
     let stop_path = config.dir.join("stop");
     let status_path = config.dir.join("status.json");
-    let pages_per_tick = (config.dirty_pages_per_sec * TICK.as_millis() as u64 / 1000).max(1);
+    // A slow guest ticks less often (up to every 100 ms), so thousands of idle guests do not
+    // keep the host's cores busy waking up; the lease is checked before every step either way.
+    let tick = tick_for(config.dirty_pages_per_sec);
+    let pages_per_tick = (config.dirty_pages_per_sec * tick.as_millis() as u64 / 1000).max(1);
+    // The lease file only ever moves forward: re-read it only when the deadline seen last is
+    // less than a second away (about once per renewal, not once per step).
+    let mut seen_until: Option<u64> = None;
     let mut last_record = Instant::now() - RECORD_EVERY;
     let boot = crate::liveness::boot_id();
     let mut state = "stopped";
@@ -169,8 +181,11 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
         }
         // Self-fencing: no step without a valid lease, checked right before every step, so a
         // guest paused with its host (SIGSTOP) that wakes after the deadline halts at once.
-        let leased = crate::liveness::read_lease(&config.lease_file, &boot)
-            .is_some_and(|until| crate::liveness::monotonic_ns() < until);
+        let now = crate::liveness::monotonic_ns();
+        if seen_until.is_none_or(|until| until < now + 1_000_000_000) {
+            seen_until = crate::liveness::read_lease(&config.lease_file, &boot);
+        }
+        let leased = seen_until.is_some_and(|until| crate::liveness::monotonic_ns() < until);
         if !leased {
             state = "fenced";
             break;
@@ -193,7 +208,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
                 },
             )?;
         }
-        std::thread::sleep(TICK);
+        std::thread::sleep(tick);
     }
     // The interval ends at the last step taken (not now: a fenced guest may wake long after);
     // a guest that never stepped never ran.
@@ -217,6 +232,40 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_guests_tick_less_often() {
+        assert_eq!(tick_for(2000), TICK);
+        assert_eq!(tick_for(100), TICK);
+        assert_eq!(tick_for(20), Duration::from_millis(50));
+        assert_eq!(tick_for(1), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_guest_halts_when_its_lease_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = GuestConfig {
+            vm: "v2".into(),
+            node: "n1".into(),
+            epoch: 1,
+            memory_mib: 2,
+            dir: dir.path().to_path_buf(),
+            runs_dir: dir.path().join("runs"),
+            dirty_pages_per_sec: 1000,
+            working_set_mib: 1,
+            lease_file: dir.path().join("lease"),
+        };
+        let lease_ends = crate::liveness::monotonic_ns() + 300_000_000;
+        crate::liveness::store_lease(&config.lease_file, lease_ends).expect("lease");
+        let status = run(&config).expect("guest runs");
+        assert_eq!(status.state, "fenced");
+        assert!(status.counter > 0);
+        assert!(crate::liveness::monotonic_ns() >= lease_ends);
+        // Without any lease it takes no step at all.
+        std::fs::remove_file(&config.lease_file).expect("remove");
+        let status = run(&config).expect("guest runs");
+        assert_eq!((status.state.as_str(), status.counter), ("fenced", 0));
+    }
 
     #[test]
     fn steps_dirty_the_working_set_only_and_change_the_checksum() {
