@@ -131,19 +131,21 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
     });
     let end = Instant::now() + config.duration;
     let processes = Arc::new(AtomicU64::new(0));
+    // Every client (KV and VM) may talk to any node, as the admin.
+    let endpoints: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.address.clone()))
+        .collect();
+    let tls = cluster.certs.client_tls(
+        paddock_cli::local_cluster::ADMIN,
+        paddock_api::certs::CLIENT_HINT,
+    )?;
     let mut workers = Vec::new();
     for worker in 0..config.clients {
         let recorder = recorder.clone();
         let processes = processes.clone();
-        let endpoints: Vec<(String, String)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.address.clone()))
-            .collect();
-        let tls = cluster.certs.client_tls(
-            paddock_cli::local_cluster::ADMIN,
-            paddock_api::certs::CLIENT_HINT,
-        )?;
+        let (endpoints, tls) = (endpoints.clone(), tls.clone());
         let seed = config.seed.wrapping_mul(1000).wrapping_add(worker as u64);
         workers.push(tokio::spawn(async move {
             kv_worker(recorder, processes, endpoints, tls, seed, end).await;
@@ -155,15 +157,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
         out: Mutex::new(std::fs::File::create(config.out.join("vm_ops.jsonl"))?),
     });
     for worker in 0..config.vm_clients {
-        let endpoints: Vec<(String, String)> = cluster
-            .nodes
-            .iter()
-            .map(|n| (n.name.clone(), n.address.clone()))
-            .collect();
-        let tls = cluster.certs.client_tls(
-            paddock_cli::local_cluster::ADMIN,
-            paddock_api::certs::CLIENT_HINT,
-        )?;
+        let (endpoints, tls) = (endpoints.clone(), tls.clone());
         let seed = config.seed.wrapping_mul(7919).wrapping_add(worker as u64);
         workers.push(tokio::spawn(vm_workload::worker(
             vm_recorder.clone(),

@@ -316,7 +316,8 @@ pub fn host_guests(cluster: &LocalCluster) -> Vec<HostGuest> {
     guests
 }
 
-fn alive(pid: u64) -> bool {
+/// Whether process `pid` lives (exists and is not a zombie).
+pub fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
             !s.rsplit_once(')')

@@ -156,13 +156,9 @@ async fn vms(
     batch: usize,
     lists: usize,
 ) -> Result<(), Failure> {
-    let dir = tempfile::Builder::new()
-        .prefix("paddock-bench-")
-        .tempdir()?;
-    let spec = LocalClusterSpec {
-        nodes: 3,
-        base_port: None,
-        extra_args: [
+    let (_dir, mut cluster) = start_cluster_with(
+        3,
+        [
             "--cpus",
             "1000000",
             "--memory",
@@ -174,9 +170,8 @@ async fn vms(
         ]
         .map(String::from)
         .to_vec(),
-    };
-    let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
-    cluster.start_all()?;
+    )
+    .await?;
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
     let mut watcher = cluster.client_of(
         vec![cluster.nodes[leader].address.clone()],
@@ -259,13 +254,21 @@ async fn start_cluster(
     nodes: usize,
     storage: &str,
 ) -> Result<(tempfile::TempDir, LocalCluster), Failure> {
+    start_cluster_with(nodes, vec!["--storage".into(), storage.into()]).await
+}
+
+/// A started local cluster of `nodes` with `extra_args` on every node, in a temporary dir.
+async fn start_cluster_with(
+    nodes: usize,
+    extra_args: Vec<String>,
+) -> Result<(tempfile::TempDir, LocalCluster), Failure> {
     let dir = tempfile::Builder::new()
         .prefix("paddock-bench-")
         .tempdir()?;
     let spec = LocalClusterSpec {
         nodes,
         base_port: None,
-        extra_args: vec!["--storage".into(), storage.into()],
+        extra_args,
     };
     let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
     cluster.start_all()?;
@@ -527,13 +530,9 @@ async fn state(keys: usize, value_size: usize, storage: &str) -> Result<(), Fail
 /// One 4-node cluster; each run puts `vms` HA VMs on one host (by preference), kills that host
 /// with its guests, and times until every VM runs elsewhere; the host then comes back.
 async fn failover_vms(vms: usize, runs: usize) -> Result<(), Failure> {
-    let dir = tempfile::Builder::new()
-        .prefix("paddock-bench-")
-        .tempdir()?;
-    let spec = LocalClusterSpec {
-        nodes: 4,
-        base_port: None,
-        extra_args: [
+    let (_dir, mut cluster) = start_cluster_with(
+        4,
+        [
             "--cpus",
             "64",
             "--memory",
@@ -543,10 +542,8 @@ async fn failover_vms(vms: usize, runs: usize) -> Result<(), Failure> {
         ]
         .map(String::from)
         .to_vec(),
-    };
-    let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
-    cluster.start_all()?;
-    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    )
+    .await?;
     println!("bench failover-vms: 4 nodes (memvm), {vms} HA VMs on the killed host, {runs} runs, default timings");
     let mut took = Vec::new();
     for run in 0..runs {

@@ -253,20 +253,12 @@ impl Misfit {
     }
 }
 
-/// Where the VMs of affinity and anti-affinity groups are, as the predicate needs it.
-pub trait Groups {
-    /// Whether a VM of anti-affinity group `group` is assigned to `node`.
-    fn anti_affinity_on(&self, group: &str, node: &str) -> bool;
-    /// Whether a VM of affinity group `group` is assigned anywhere, and if so whether on `node`.
-    fn affinity_allows(&self, group: &str, node: &str) -> bool;
-}
-
 /// The placement predicate: can `node` (with `free` resources left) take a VM of `spec`?
 pub fn check_fit(
     node: &Node,
     free: &Resources,
     spec: &VmSpec,
-    groups: &impl Groups,
+    groups: &GroupIndex,
 ) -> Result<(), Misfit> {
     if node.health != Health::Ready {
         return Err(Misfit::Down);
@@ -349,14 +341,16 @@ impl GroupIndex {
     }
 }
 
-impl Groups for GroupIndex {
-    fn anti_affinity_on(&self, group: &str, node: &str) -> bool {
+impl GroupIndex {
+    /// Whether a VM of anti-affinity group `group` is assigned to `node`.
+    pub fn anti_affinity_on(&self, group: &str, node: &str) -> bool {
         self.anti_affinity
             .get(group)
             .is_some_and(|nodes| nodes.contains_key(node))
     }
 
-    fn affinity_allows(&self, group: &str, node: &str) -> bool {
+    /// Whether no VM of affinity group `group` is assigned yet, or one is on `node`.
+    pub fn affinity_allows(&self, group: &str, node: &str) -> bool {
         match self.affinity.get(group) {
             Some(nodes) if !nodes.is_empty() => nodes.contains_key(node),
             _ => true,

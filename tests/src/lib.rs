@@ -133,3 +133,24 @@ pub async fn wait_applied(cluster: &LocalCluster, i: usize, index: u64) -> anyho
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Polls an async condition every 100 ms until it is true; fails the test (returns an error)
+/// after [`WAIT`]. The condition is a block evaluating to `anyhow::Result<bool>` (`?` works).
+#[macro_export]
+macro_rules! until {
+    ($what:expr, $check:expr) => {{
+        let started = std::time::Instant::now();
+        loop {
+            let ok: anyhow::Result<bool> = async { $check }.await;
+            if ok.unwrap_or(false) {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < $crate::WAIT,
+                "timed out waiting for {}",
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }};
+}

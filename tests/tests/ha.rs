@@ -4,28 +4,12 @@
 //! when two hosts and then the leader die; maintenance and `ha disarm` hold failover; crashed
 //! HA VMs restart in place, then elsewhere, then stay failed.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use paddock_api::client::Client;
 use paddock_api::pb;
 use paddock_cli::local_cluster::LocalCluster;
-use paddock_tests::{cluster, serial, spec, WAIT};
-
-/// Polls an async condition every 100 ms until it is true (fails the test after [`WAIT`]).
-macro_rules! until {
-    ($what:expr, $check:expr) => {{
-        let started = Instant::now();
-        loop {
-            let ok: anyhow::Result<bool> = async { $check }.await;
-            if ok.unwrap_or(false) {
-                break;
-            }
-            anyhow::ensure!(started.elapsed() < WAIT, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }};
-}
+use paddock_tests::{cluster, serial, spec, until, WAIT};
 
 async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
     let (dir, mut cluster) = cluster(spec(3))?;
@@ -70,28 +54,25 @@ async fn vm(client: &mut Client, name: &str) -> anyhow::Result<pb::VmSummary> {
         .unwrap_or_default())
 }
 
-/// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end).
+/// `name`'s state in `paddock node list` (empty if it is not listed).
+async fn node_state(client: &mut Client, name: &str) -> anyhow::Result<String> {
+    Ok(client
+        .node_list(false)
+        .await?
+        .into_iter()
+        .find(|n| n.name == name)
+        .map(|n| n.state)
+        .unwrap_or_default())
+}
+
+/// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end),
+/// oldest first.
 fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
-    let mut found = Vec::new();
-    for node in &cluster.nodes {
-        let dir = node.data_dir.join("memvm/runs");
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let record: serde_json::Value = std::fs::read(entry.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            if record["vm"] == vm {
-                found.push((
-                    node.name.clone(),
-                    record["epoch"].as_u64().unwrap_or(0),
-                    record["start_ms"].as_u64().unwrap_or(0),
-                    record["end_ms"].as_u64().unwrap_or(0),
-                ));
-            }
-        }
-    }
-    found.sort_by_key(|i| i.2);
-    found
+    paddock_chaos::vm_workload::run_intervals(cluster)
+        .into_iter()
+        .filter(|r| r.vm == vm)
+        .map(|r| (r.node, r.epoch, r.start_ms, r.end_ms))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,13 +94,10 @@ async fn a_killed_hosts_ha_vms_run_elsewhere_and_its_other_vms_fail() -> anyhow:
     cluster.kill(2); // the whole host: paddockd and its guests
     let killed = Instant::now();
     // The leader sees it go quiet first (suspect, in memory), then commits it down.
-    until!("n3 suspect", {
-        Ok(client
-            .node_list(false)
-            .await?
-            .iter()
-            .any(|n| n.name == "n3" && n.state == "suspect"))
-    });
+    until!(
+        "n3 suspect",
+        Ok(node_state(&mut client, "n3").await? == "suspect")
+    );
     until!("ha-1 running elsewhere", {
         let a = vm(&mut client, "ha-1").await?;
         Ok(a.state == "running" && a.node != "n3" && a.epoch > before)
@@ -132,13 +110,7 @@ async fn a_killed_hosts_ha_vms_run_elsewhere_and_its_other_vms_fail() -> anyhow:
         ("failed", "")
     );
     assert_eq!(plain.reason, "host n3 down");
-    let nodes: BTreeMap<String, String> = client
-        .node_list(false)
-        .await?
-        .into_iter()
-        .map(|n| (n.name, n.state))
-        .collect();
-    assert_eq!(nodes["n3"], "down");
+    assert_eq!(node_state(&mut client, "n3").await?, "down");
     let events: Vec<String> = client
         .vm_get("ha-1", false)
         .await?
@@ -154,13 +126,10 @@ async fn a_killed_hosts_ha_vms_run_elsewhere_and_its_other_vms_fail() -> anyhow:
 
     // The host comes back and is ready again; the failed VM starts only when asked.
     cluster.start(2)?;
-    until!("n3 ready", {
-        Ok(client
-            .node_list(false)
-            .await?
-            .iter()
-            .any(|n| n.name == "n3" && n.state == "ready"))
-    });
+    until!(
+        "n3 ready",
+        Ok(node_state(&mut client, "n3").await? == "ready")
+    );
     assert_eq!(vm(&mut client, "plain").await?.state, "failed");
     client.vm_set_desired("plain", true).await?;
     until!(
@@ -210,13 +179,10 @@ async fn a_paused_host_is_fenced_before_its_vm_runs_elsewhere() -> anyhow::Resul
         new.0,
         new.2
     );
-    until!("n3 ready again", {
-        Ok(client
-            .node_list(false)
-            .await?
-            .iter()
-            .any(|n| n.name == "n3" && n.state == "ready"))
-    });
+    until!(
+        "n3 ready again",
+        Ok(node_state(&mut client, "n3").await? == "ready")
+    );
     cluster.stop_all();
     Ok(())
 }
@@ -237,13 +203,7 @@ async fn no_failover_in_maintenance_or_while_disarmed() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let a = vm(&mut client, "ha-3").await?;
     assert_eq!(a.node, "n3", "failed over while n3 was in maintenance");
-    let n3 = client
-        .node_list(false)
-        .await?
-        .into_iter()
-        .find(|n| n.name == "n3")
-        .expect("n3 listed");
-    assert_eq!(n3.state, "maintenance");
+    assert_eq!(node_state(&mut client, "n3").await?, "maintenance");
 
     // Disarmed, leaving maintenance does not trigger failover either...
     client.setting_set("ha", "disarmed").await?;
@@ -349,20 +309,13 @@ async fn a_crashing_ha_vm_restarts_in_place_then_elsewhere_then_stays_failed() -
     Ok(())
 }
 
-/// The proxies every node-to-node link goes through (peers dial each other via `--route`).
-struct Isolation {
-    proxies: Vec<paddock_chaos::proxy::LinkProxy>,
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_host_is_fenced_and_its_ha_vm_runs_elsewhere() -> anyhow::Result<()> {
     use paddock_chaos::proxy::{LinkMode, LinkProxy};
     let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec(3))?;
     // Every node-to-node link through a proxy, as in the chaos harness.
-    let mut links = Isolation {
-        proxies: Vec::new(),
-    };
+    let mut proxies = Vec::new();
     let mut touching_n3 = Vec::new();
     for i in 0..3 {
         let mut routes = Vec::new();
@@ -370,9 +323,9 @@ async fn an_isolated_host_is_fenced_and_its_ha_vm_runs_elsewhere() -> anyhow::Re
             let proxy = LinkProxy::start(cluster.nodes[j].address.clone()).await?;
             routes.push(format!("{}={}", cluster.nodes[j].name, proxy.address));
             if i == 2 || j == 2 {
-                touching_n3.push(links.proxies.len());
+                touching_n3.push(proxies.len());
             }
-            links.proxies.push(proxy);
+            proxies.push(proxy);
         }
         cluster.nodes[i].extra_args.extend([
             "--route".to_string(),
@@ -400,14 +353,14 @@ async fn an_isolated_host_is_fenced_and_its_ha_vm_runs_elsewhere() -> anyhow::Re
         Ok(a.state == "running" && a.node == "n3")
     });
     for i in &touching_n3 {
-        links.proxies[*i].set(LinkMode::Cut);
+        proxies[*i].set(LinkMode::Cut);
     }
     until!("ha-4 running elsewhere", {
         let a = vm(&mut client, "ha-4").await?;
         Ok(a.state == "running" && a.node != "n3")
     });
     for i in &touching_n3 {
-        links.proxies[*i].set(LinkMode::Pass);
+        proxies[*i].set(LinkMode::Pass);
     }
     until!("n3's stale copy destroyed", {
         Ok(!cluster.nodes[2].data_dir.join("memvm/vms/ha-4").exists())

@@ -3,27 +3,12 @@
 //! and destruction of VMs a node finds no longer assigned to it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use paddock_api::client::Client;
 use paddock_api::pb;
+use paddock_chaos::vm_workload::{alive, host_guests};
 use paddock_cli::local_cluster::LocalCluster;
-use paddock_tests::{cluster, serial, spec, WAIT};
-
-/// Polls an async condition every 100 ms until it is true (fails the test after [`WAIT`]).
-macro_rules! until {
-    ($what:expr, $check:expr) => {{
-        let started = Instant::now();
-        loop {
-            let ok: anyhow::Result<bool> = async { $check }.await;
-            if ok.unwrap_or(false) {
-                break;
-            }
-            anyhow::ensure!(started.elapsed() < WAIT, "timed out waiting for {}", $what);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }};
-}
+use paddock_tests::{cluster, serial, spec, until, WAIT};
 
 /// A 3-node cluster where node i offers `cpus[i]` vCPUs and 4 GiB, with zone labels
 /// a, b, b and light memvm guests.
@@ -231,27 +216,11 @@ async fn lifecycle_through_a_follower_and_deletes_make_room() -> anyhow::Result<
 
 /// PIDs of the memvm guests of node `i`, by VM name (from the driver's records).
 fn guest_pids(cluster: &LocalCluster, i: usize) -> BTreeMap<String, u64> {
-    let dir = cluster.nodes[i].data_dir.join("memvm/vms");
-    let mut pids = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let record: serde_json::Value = std::fs::read(entry.path().join("guest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if let Some(pid) = record["pid"].as_u64() {
-            pids.insert(entry.file_name().to_string_lossy().to_string(), pid);
-        }
-    }
-    pids
-}
-
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    host_guests(cluster)
+        .into_iter()
+        .filter(|g| g.node == cluster.nodes[i].name)
+        .map(|g| (g.vm, g.pid))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

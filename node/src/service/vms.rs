@@ -55,13 +55,13 @@ impl NodesService {
         }
     }
 
-    fn info(&self, entry: NodeEntry) -> pb::NodeInfo {
+    /// `entry` as the API shows it; `members` gives the node's address (Raft membership).
+    fn info(
+        entry: NodeEntry,
+        members: &std::collections::BTreeMap<String, paddock_model::Member>,
+    ) -> pb::NodeInfo {
         let NodeEntry { node, vms } = entry;
-        let address = self
-            .shared
-            .read()
-            .state
-            .members
+        let address = members
             .get(&node.name)
             .map(|m| m.address.clone())
             .unwrap_or_default();
@@ -111,8 +111,13 @@ impl nodes_server::Nodes for NodesService {
         }
         match self.proposer.read(Query::NodeList, stale).await? {
             QueryResult::Nodes(entries) => {
-                let mut nodes: Vec<pb::NodeInfo> =
-                    entries.into_iter().map(|e| self.info(e)).collect();
+                let mut nodes: Vec<pb::NodeInfo> = {
+                    let members = self.shared.read().state.members.clone();
+                    entries
+                        .into_iter()
+                        .map(|e| Self::info(e, &members))
+                        .collect()
+                };
                 self.mark_suspects(&mut nodes);
                 Ok(reply(&self.proposer, pb::NodeListResponse { nodes }))
             }
@@ -140,15 +145,6 @@ impl nodes_server::Nodes for NodesService {
     }
 
     async fn maintenance(
-        &self,
-        request: Request<pb::MaintenanceRequest>,
-    ) -> Result<Response<pb::CordonResponse>, Status> {
-        self.set_maintenance(request).await
-    }
-}
-
-impl NodesService {
-    async fn set_maintenance(
         &self,
         request: Request<pb::MaintenanceRequest>,
     ) -> Result<Response<pb::CordonResponse>, Status> {

@@ -233,6 +233,21 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
 mod tests {
     use super::*;
 
+    /// A 2 MiB guest of node n1 keeping everything under `dir`.
+    fn test_config(dir: &Path, vm: &str, epoch: u64) -> GuestConfig {
+        GuestConfig {
+            vm: vm.into(),
+            node: "n1".into(),
+            epoch,
+            memory_mib: 2,
+            dir: dir.to_path_buf(),
+            runs_dir: dir.join("runs"),
+            dirty_pages_per_sec: 1000,
+            working_set_mib: 1,
+            lease_file: dir.join("lease"),
+        }
+    }
+
     #[test]
     fn slow_guests_tick_less_often() {
         assert_eq!(tick_for(2000), TICK);
@@ -244,17 +259,7 @@ mod tests {
     #[test]
     fn a_guest_halts_when_its_lease_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = GuestConfig {
-            vm: "v2".into(),
-            node: "n1".into(),
-            epoch: 1,
-            memory_mib: 2,
-            dir: dir.path().to_path_buf(),
-            runs_dir: dir.path().join("runs"),
-            dirty_pages_per_sec: 1000,
-            working_set_mib: 1,
-            lease_file: dir.path().join("lease"),
-        };
+        let config = test_config(dir.path(), "v2", 1);
         let lease_ends = crate::liveness::monotonic_ns() + 300_000_000;
         crate::liveness::store_lease(&config.lease_file, lease_ends).expect("lease");
         let status = run(&config).expect("guest runs");
@@ -282,17 +287,7 @@ mod tests {
     #[test]
     fn a_guest_stops_when_asked_and_records_its_interval() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = GuestConfig {
-            vm: "v1".into(),
-            node: "n1".into(),
-            epoch: 3,
-            memory_mib: 2,
-            dir: dir.path().to_path_buf(),
-            runs_dir: dir.path().join("runs"),
-            dirty_pages_per_sec: 1000,
-            working_set_mib: 1,
-            lease_file: dir.path().join("lease"),
-        };
+        let config = test_config(dir.path(), "v1", 3);
         crate::liveness::store_lease(
             &config.lease_file,
             crate::liveness::monotonic_ns() + 60_000_000_000,
