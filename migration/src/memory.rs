@@ -1,0 +1,240 @@
+//! Guest memory as the engine sees it: bytes, a dirty log (one bit per page, one word per
+//! chunk of [`CHUNK_PAGES`] pages, like KVM's dirty bitmap), the post-copy "missing" set and,
+//! on a destination, the running [`PageDigest`] of what has arrived.
+
+use crate::digest::PageDigest;
+use crate::pages::{self, PageOp};
+use crate::{CHUNK_PAGES, PAGE};
+
+pub struct Memory {
+    bytes: Vec<u8>,
+    dirty: Vec<u64>,
+    logging: bool,
+    missing: Vec<u64>,
+    missing_count: usize,
+    /// Kept while receiving a migration.
+    digest: Option<PageDigest>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("pages", &self.pages())
+            .field("logging", &self.logging)
+            .field("missing", &self.missing_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Memory {
+    /// `mib` MiB of zeroed memory. The OS maps pages on first write, so this costs nothing
+    /// until touched (see [`Memory::populate`]).
+    pub fn new(mib: u64) -> Memory {
+        let bytes = ((mib as usize) << 20).max(PAGE);
+        let pages = bytes / PAGE;
+        let chunks = pages.div_ceil(CHUNK_PAGES);
+        Memory {
+            bytes: vec![0; bytes],
+            dirty: vec![0; chunks],
+            logging: false,
+            missing: vec![0; chunks],
+            missing_count: 0,
+            digest: None,
+        }
+    }
+
+    pub fn pages(&self) -> usize {
+        self.bytes.len() / PAGE
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.dirty.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Faults every page in (what QEMU's `-mem-prealloc` does): a destination does this before
+    /// the transfer, because first writes to fresh memory are several times slower than the
+    /// network.
+    pub fn populate(&mut self) {
+        for page in self.bytes.chunks_mut(PAGE) {
+            // black_box: the compiler knows the memory is zero and would drop a plain write.
+            page[0] = std::hint::black_box(0);
+        }
+    }
+
+    /// The guest writes `data` at `offset` of `page` (marked dirty while logging).
+    pub fn write(&mut self, page: usize, offset: usize, data: &[u8]) {
+        let at = page * PAGE + offset;
+        if let Some(dst) = self.bytes.get_mut(at..at + data.len()) {
+            dst.copy_from_slice(data);
+            if self.logging {
+                self.dirty[page / CHUNK_PAGES] |= 1 << (page % CHUNK_PAGES);
+            }
+        }
+    }
+
+    /// Starts dirty logging with every page dirty (the first pass sends everything).
+    pub fn start_dirty_log(&mut self) {
+        self.logging = true;
+        let pages = self.pages();
+        for (i, word) in self.dirty.iter_mut().enumerate() {
+            let in_chunk = (pages - i * CHUNK_PAGES).min(CHUNK_PAGES);
+            *word = if in_chunk == 64 {
+                u64::MAX
+            } else {
+                (1u64 << in_chunk) - 1
+            };
+        }
+    }
+
+    pub fn stop_dirty_log(&mut self) {
+        self.logging = false;
+        self.dirty.fill(0);
+    }
+
+    pub fn dirty_pages(&self) -> u64 {
+        self.dirty.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Copies the dirty pages of chunk `index` into `out` (in page order) and clears their
+    /// dirty bits; returns which pages were copied.
+    pub fn take_chunk(&mut self, index: usize, out: &mut Vec<u8>) -> u64 {
+        out.clear();
+        let Some(word) = self.dirty.get_mut(index) else {
+            return 0;
+        };
+        let mask = std::mem::take(word);
+        let mut bits = mask;
+        while bits != 0 {
+            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
+            out.extend_from_slice(&self.bytes[page * PAGE..(page + 1) * PAGE]);
+            bits &= bits - 1;
+        }
+        mask
+    }
+
+    /// Copies the pages of chunk `index` selected by `mask` (no dirty bookkeeping).
+    pub fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let mut bits = mask;
+        while bits != 0 {
+            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
+            if let Some(data) = self.bytes.get(page * PAGE..(page + 1) * PAGE) {
+                out.extend_from_slice(data);
+            }
+            bits &= bits - 1;
+        }
+    }
+
+    /// Takes the whole dirty log (one mask per chunk), clearing it.
+    pub fn take_dirty_log(&mut self) -> Vec<u64> {
+        let chunks = self.chunks();
+        std::mem::replace(&mut self.dirty, vec![0; chunks])
+    }
+
+    /// A destination starts tracking the digest of what it receives.
+    pub fn start_receiving(&mut self) {
+        self.digest = Some(PageDigest::zeroed(self.pages()));
+    }
+
+    pub fn received_digest(&self) -> Option<u64> {
+        self.digest.as_ref().map(PageDigest::value)
+    }
+
+    /// Post-copy: these pages have not arrived yet.
+    pub fn set_missing(&mut self, pages: &[u32]) {
+        for &page in pages {
+            let (word, bit) = (page as usize / CHUNK_PAGES, page as usize % CHUNK_PAGES);
+            if let Some(w) = self.missing.get_mut(word) {
+                if *w & (1 << bit) == 0 {
+                    *w |= 1 << bit;
+                    self.missing_count += 1;
+                }
+            }
+        }
+    }
+
+    pub fn is_missing(&self, page: usize) -> bool {
+        self.missing_count > 0
+            && self
+                .missing
+                .get(page / CHUNK_PAGES)
+                .is_some_and(|w| w & (1 << (page % CHUNK_PAGES)) != 0)
+    }
+
+    pub fn missing_count(&self) -> usize {
+        self.missing_count
+    }
+
+    /// Writes decoded pages. A post-copy page lands only if still missing (the guest may have
+    /// written the page since it was fetched); returns how many pages were written.
+    pub fn apply(&mut self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize {
+        let mut written = 0;
+        for op in ops {
+            let page = op.page as usize;
+            if postcopy {
+                if !self.is_missing(page) {
+                    continue;
+                }
+                self.missing[page / CHUNK_PAGES] &= !(1 << (page % CHUNK_PAGES));
+                self.missing_count -= 1;
+            }
+            let digest = &mut self.digest;
+            pages::apply(std::slice::from_ref(op), buf, &mut self.bytes, |p, data| {
+                if let Some(d) = digest.as_mut() {
+                    d.set(p, data);
+                }
+            });
+            written += 1;
+        }
+        written
+    }
+
+    /// FNV-1a over the whole memory: the checksum a stopped guest reports.
+    pub fn checksum(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for chunk in self.bytes.chunks_exact(8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            hash ^= word;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dirty_log_sees_every_write_once() {
+        let mut memory = Memory::new(1);
+        memory.write(3, 0, b"x");
+        assert_eq!(memory.dirty_pages(), 0, "not logging yet");
+        memory.start_dirty_log();
+        assert_eq!(memory.dirty_pages(), 256);
+        let mut out = Vec::new();
+        assert_eq!(memory.take_chunk(0, &mut out), u64::MAX);
+        assert_eq!(out.len(), 64 * PAGE);
+        assert_eq!(out[3 * PAGE], b'x');
+        for chunk in 1..memory.chunks() {
+            memory.take_chunk(chunk, &mut out);
+        }
+        assert_eq!(memory.dirty_pages(), 0);
+        memory.write(70, 5, b"yz");
+        assert_eq!(memory.take_chunk(1, &mut out), 1 << 6);
+        assert_eq!(&out[5..7], b"yz");
+        assert_eq!(memory.take_chunk(1, &mut out), 0, "taken");
+    }
+}

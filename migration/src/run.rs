@@ -1,0 +1,1090 @@
+//! The I/O around the state machines: connections, stream threads, pacing, and the guest.
+//!
+//! Connections (each opened by the source, each starting with `Hello` → `HelloAck`):
+//! - `Control` (source → destination): final messages, outcome, pages asked for in post-copy;
+//! - `Reply` (destination → source): verdict, page requests, "resumed";
+//! - `Data(i)` for i in 0..streams (source → destination): chunk `c` always travels on stream
+//!   `c % streams`, so successive versions of a page arrive in order.
+//!
+//! After the handshake every connection is used in one direction only, so a TLS stream never
+//! has to be shared between a reading and a writing thread.
+
+use std::io::{Read, Write};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::bucket::TokenBucket;
+use crate::destination::{negotiate, DestAction, DestEvent, DestPhase, Destination};
+use crate::digest::PageDigest;
+use crate::pages::{self, Encoder, PageOp};
+use crate::progress::Progress;
+use crate::source::{Params, RoundStats, Source, SourceAction, SourceEvent, SourcePhase};
+use crate::wire::{self, Channel, GuestCpu, Hello, Msg};
+use crate::{CHUNK_PAGES, PAGE, PROTOCOL_VERSIONS};
+
+/// A byte stream to the peer (TCP, TLS over TCP, or an in-memory pipe in tests).
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+pub type BoxConn = Box<dyn Conn>;
+
+/// What the source side needs of a running guest.
+pub trait SourceGuest: Send + Sync {
+    fn pages(&self) -> usize;
+    fn start_dirty_log(&self);
+    /// Copies the pages of chunk `index` dirtied since they were last taken (all of them
+    /// after `start_dirty_log`), clearing their dirty bits; returns which were copied.
+    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> u64;
+    /// Copies the given pages of chunk `index` (post-copy; the guest is paused).
+    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>);
+    fn dirty_pages(&self) -> u64;
+    /// Takes the whole dirty log (one mask per chunk).
+    fn take_dirty_log(&self) -> Vec<u64>;
+    fn throttle(&self, percent: u8);
+    /// Stops the guest between two steps and returns its CPU state.
+    fn pause(&self) -> GuestCpu;
+    /// Runs the guest again (rollback): dirty logging and throttling end.
+    fn resume(&self);
+    /// The digest of the guest memory now (a full pass; the guest is paused).
+    fn digest(&self) -> u64;
+}
+
+/// What the destination side needs of the incoming guest.
+pub trait DestGuest: Send + Sync {
+    fn pages(&self) -> usize;
+    /// Writes decoded pages; a post-copy page only if still missing. Returns pages written.
+    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize;
+    /// The digest of what has been received.
+    fn received_digest(&self) -> u64;
+    fn set_missing(&self, pages: &[u32]);
+    fn missing(&self) -> usize;
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub migration: u64,
+    pub params: Params,
+    pub streams: u16,
+    /// Bytes per second on the wire for the whole migration.
+    pub bandwidth: Option<u64>,
+    pub xor_cache_bytes: usize,
+    /// Longest wait for the destination's verdict once everything is sent.
+    pub verdict_timeout: Duration,
+}
+
+impl Default for SourceConfig {
+    fn default() -> SourceConfig {
+        SourceConfig {
+            migration: 0,
+            params: Params::default(),
+            streams: 2,
+            bandwidth: None,
+            xor_cache_bytes: 64 << 20,
+            verdict_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+enum SrcInput {
+    StreamDone {
+        round: u32,
+        data_pages: u64,
+        bytes: u64,
+        memory: u64,
+        zero: u64,
+        xor: u64,
+    },
+    PushDone,
+    StreamFailed(String),
+    Reply(Msg),
+    External(SourceEvent),
+}
+
+/// The outside's handle on a running source: progress, cancel, and the committed outcome.
+#[derive(Clone)]
+pub struct SourceHandle {
+    inputs: Sender<SrcInput>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl std::fmt::Debug for SourceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceHandle").finish_non_exhaustive()
+    }
+}
+
+impl SourceHandle {
+    pub fn progress(&self) -> Progress {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn cancel(&self, reason: &str) {
+        let _ = self.inputs.send(SrcInput::External(SourceEvent::Cancel {
+            reason: reason.to_string(),
+        }));
+    }
+
+    /// The orchestrator's committed decision (after `progress().ready`).
+    pub fn switch(&self, committed: bool) {
+        let _ = self
+            .inputs
+            .send(SrcInput::External(SourceEvent::Switch { committed }));
+    }
+}
+
+fn set<F: FnOnce(&mut Progress)>(progress: &Mutex<Progress>, f: F) {
+    if let Ok(mut p) = progress.lock() {
+        f(&mut p);
+    }
+}
+
+/// Connects every channel with a handshake; returns the agreed version.
+fn handshake(conn: &mut BoxConn, hello: Hello, scratch: &mut Vec<u8>) -> Result<u32, String> {
+    wire::write(conn, &Msg::Hello(hello), scratch).map_err(|e| e.to_string())?;
+    conn.flush().map_err(|e| e.to_string())?;
+    match wire::read(conn, scratch).map_err(|e| e.to_string())? {
+        Msg::HelloAck { version } if PROTOCOL_VERSIONS.contains(&version) => Ok(version),
+        Msg::HelloAck { version } => Err(format!("destination chose unknown version {version}")),
+        Msg::Refused { reason } => Err(format!("destination refused: {reason}")),
+        other => Err(format!("unexpected handshake answer {other:?}")),
+    }
+}
+
+/// Starts migrating `guest` to the destination reached through `connect`; returns at once.
+pub fn start_source(
+    guest: Arc<dyn SourceGuest>,
+    connect: Box<dyn Fn(Channel) -> std::io::Result<BoxConn> + Send + Sync>,
+    config: SourceConfig,
+) -> SourceHandle {
+    let (tx, rx) = channel();
+    let progress = Arc::new(Mutex::new(Progress {
+        phase: "connecting".into(),
+        memory_bytes: (guest.pages() * PAGE) as u64,
+        ..Progress::default()
+    }));
+    let handle = SourceHandle {
+        inputs: tx.clone(),
+        progress: progress.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("migrate-src-{}", config.migration))
+        .spawn(move || {
+            let mut coordinator = SourceRun {
+                guest,
+                config,
+                progress,
+                inputs: tx,
+                machine: None,
+                control: None,
+                streams: Vec::new(),
+                started: Instant::now(),
+                paused_at: None,
+                pending_complete: None,
+                round_parts: Vec::new(),
+                round_started: Instant::now(),
+                pushes: 0,
+                sent_digest: None,
+                missing: Vec::new(),
+                scratch: Vec::new(),
+                encoder: None,
+            };
+            coordinator.run(rx, connect);
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| {
+            set(&handle.progress, |p| {
+                p.error = Some(format!("cannot start the migration thread: {e}"));
+                p.done = true;
+            })
+        });
+    handle
+}
+
+enum StreamCmd {
+    Round(u32),
+    Push(Arc<Vec<u64>>),
+}
+
+struct SourceRun {
+    guest: Arc<dyn SourceGuest>,
+    config: SourceConfig,
+    progress: Arc<Mutex<Progress>>,
+    inputs: Sender<SrcInput>,
+    machine: Option<Source>,
+    control: Option<BoxConn>,
+    streams: Vec<Sender<StreamCmd>>,
+    started: Instant,
+    paused_at: Option<Instant>,
+    pending_complete: Option<GuestCpu>,
+    round_parts: Vec<(u64, u64)>,
+    round_started: Instant,
+    pushes: usize,
+    sent_digest: Option<Arc<Mutex<PageDigest>>>,
+    missing: Vec<u64>,
+    scratch: Vec<u8>,
+    encoder: Option<Encoder>,
+}
+
+impl SourceRun {
+    fn run(
+        &mut self,
+        rx: Receiver<SrcInput>,
+        connect: Box<dyn Fn(Channel) -> std::io::Result<BoxConn> + Send + Sync>,
+    ) {
+        let mut machine = Source::new(self.config.params);
+        let connected = self.connect(&*connect);
+        let first = match connected {
+            Ok(version) => SourceEvent::Connected { version },
+            Err(reason) => SourceEvent::Failed {
+                reason: format!("cannot reach the destination: {reason}"),
+            },
+        };
+        let actions = machine.step(first);
+        self.machine = Some(machine);
+        self.execute(actions);
+        let mut verdict_deadline: Option<Instant> = None;
+        while !self.finished() {
+            let input = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(input) => input,
+                Err(RecvTimeoutError::Timeout) => {
+                    let awaiting = self
+                        .machine
+                        .as_ref()
+                        .is_some_and(|m| m.phase == SourcePhase::AwaitVerdict);
+                    if awaiting {
+                        let deadline = *verdict_deadline
+                            .get_or_insert_with(|| Instant::now() + self.config.verdict_timeout);
+                        if Instant::now() > deadline {
+                            self.event(SourceEvent::Failed {
+                                reason: "no verdict from the destination in time".into(),
+                            });
+                        }
+                    }
+                    self.update_elapsed();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            self.input(input);
+        }
+        // Stream threads end when their command channels close.
+        self.streams.clear();
+        let phase = self.machine.as_ref().map(|m| m.phase.clone());
+        if phase == Some(SourcePhase::Completed) {
+            // Wait briefly for "resumed" to measure the downtime, then check the frozen memory
+            // against what was sent (off the critical path: the destination already runs).
+            let until = Instant::now() + Duration::from_secs(2);
+            while self.progress().downtime_ms.is_none() && Instant::now() < until {
+                match rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(SrcInput::Reply(Msg::Resumed)) => self.resumed(),
+                    Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if let Some(sent) = &self.sent_digest {
+                let sent = sent.lock().map(|d| d.value()).unwrap_or(0);
+                let frozen = self.guest.digest();
+                set(&self.progress, |p| {
+                    p.source_verified = Some(sent == frozen);
+                    if sent != frozen {
+                        p.error = Some(format!(
+                            "source memory {frozen:016x} differs from what was sent {sent:016x} (dirty tracking bug)"
+                        ));
+                    }
+                });
+            }
+        }
+        self.update_elapsed();
+        set(&self.progress, |p| {
+            p.done = true;
+            p.phase = match &phase {
+                Some(SourcePhase::Completed) => "completed".into(),
+                Some(SourcePhase::RolledBack(why)) => {
+                    p.error.get_or_insert(why.clone());
+                    "rolled-back".into()
+                }
+                Some(SourcePhase::Abandoned(why)) => {
+                    p.error.get_or_insert(why.clone());
+                    "abandoned".into()
+                }
+                _ => "failed".into(),
+            };
+        });
+    }
+
+    fn progress(&self) -> Progress {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn update_elapsed(&self) {
+        let elapsed = self.started.elapsed();
+        set(&self.progress, |p| {
+            p.total_ms = elapsed.as_millis() as u64;
+            p.rate_bps = (p.bytes_sent as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+        });
+    }
+
+    fn finished(&self) -> bool {
+        self.machine.as_ref().is_none_or(|m| {
+            matches!(
+                m.phase,
+                SourcePhase::Completed | SourcePhase::RolledBack(_) | SourcePhase::Abandoned(_)
+            )
+        })
+    }
+
+    fn connect(
+        &mut self,
+        connect: &(dyn Fn(Channel) -> std::io::Result<BoxConn> + Send + Sync),
+    ) -> Result<u32, String> {
+        let streams = self.config.streams.max(1);
+        let hello = |channel| Hello {
+            versions: PROTOCOL_VERSIONS.to_vec(),
+            migration: self.config.migration,
+            channel,
+            streams,
+            pages: self.guest.pages() as u64,
+            page_size: PAGE as u32,
+        };
+        let mut scratch = Vec::new();
+        let mut control = connect(Channel::Control).map_err(|e| e.to_string())?;
+        let version = handshake(&mut control, hello(Channel::Control), &mut scratch)?;
+        let mut reply = connect(Channel::Reply).map_err(|e| e.to_string())?;
+        handshake(&mut reply, hello(Channel::Reply), &mut scratch)?;
+        let mut data = Vec::new();
+        for i in 0..streams {
+            let mut conn = connect(Channel::Data(i)).map_err(|e| e.to_string())?;
+            handshake(&mut conn, hello(Channel::Data(i)), &mut scratch)?;
+            data.push(conn);
+        }
+        // Everything is connected: start logging, then the stream threads.
+        self.guest.start_dirty_log();
+        let digest = Arc::new(Mutex::new(PageDigest::zeroed(self.guest.pages())));
+        self.sent_digest = Some(digest.clone());
+        let bucket = self
+            .config
+            .bandwidth
+            .map(|rate| Arc::new(TokenBucket::new(rate)));
+        let share = self.config.bandwidth.map(|rate| rate / u64::from(streams));
+        let chunks = self.guest.pages().div_ceil(CHUNK_PAGES);
+        for (i, conn) in data.into_iter().enumerate() {
+            let (tx, rx) = channel();
+            let worker = StreamWorker {
+                index: i,
+                streams: streams as usize,
+                chunks,
+                guest: self.guest.clone(),
+                conn,
+                encoder: Encoder::new(self.config.xor_cache_bytes / streams as usize, share),
+                bucket: bucket.clone(),
+                digest: digest.clone(),
+                out: self.inputs.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("migrate-stream-{i}"))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| e.to_string())?;
+            self.streams.push(tx);
+        }
+        let out = self.inputs.clone();
+        std::thread::Builder::new()
+            .name("migrate-reply".into())
+            .spawn(move || {
+                let mut buf = Vec::new();
+                loop {
+                    match wire::read(&mut reply, &mut buf) {
+                        Ok(msg) => {
+                            if out.send(SrcInput::Reply(msg)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = out
+                                .send(SrcInput::StreamFailed(format!("lost the destination: {e}")));
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        self.control = Some(control);
+        self.encoder = Some(Encoder::new(0, share));
+        self.round_started = Instant::now();
+        set(&self.progress, |p| p.phase = "precopy".into());
+        Ok(version)
+    }
+
+    fn input(&mut self, input: SrcInput) {
+        match input {
+            SrcInput::StreamDone {
+                round,
+                data_pages,
+                bytes,
+                memory,
+                zero,
+                xor,
+            } => {
+                set(&self.progress, |p| {
+                    p.bytes_sent += bytes;
+                    p.memory_sent += memory;
+                    p.zero_pages += zero;
+                    p.xor_pages += xor;
+                });
+                self.round_parts.push((data_pages, u64::from(round)));
+                if self.round_parts.len() == self.streams.len() {
+                    let data_pages = self.round_parts.drain(..).map(|(d, _)| d).sum();
+                    let elapsed = self.round_started.elapsed();
+                    if let Some(cpu) = self.pending_complete.take() {
+                        let digest = self
+                            .sent_digest
+                            .as_ref()
+                            .and_then(|d| d.lock().ok().map(|d| d.value()))
+                            .unwrap_or(0);
+                        set(&self.progress, |p| {
+                            p.phase = "verifying".into();
+                            p.digest = Some(format!("{digest:016x}"));
+                        });
+                        self.send_control(&Msg::Complete { round, cpu, digest });
+                    }
+                    let dirty_after = self.guest.dirty_pages();
+                    let stats = RoundStats {
+                        round,
+                        data_pages,
+                        elapsed,
+                        dirty_after,
+                    };
+                    let expected = self
+                        .machine
+                        .as_ref()
+                        .map(|m| m.expected_downtime(dirty_after))
+                        .unwrap_or_default();
+                    set(&self.progress, |p| {
+                        p.round = round;
+                        p.remaining_bytes = dirty_after * PAGE as u64;
+                        p.dirty_rate_bps = ((dirty_after * PAGE as u64) as f64
+                            / elapsed.as_secs_f64().max(1e-3))
+                            as u64;
+                        p.expected_downtime_ms =
+                            expected.as_millis().min(u128::from(u64::MAX)) as u64;
+                    });
+                    self.update_elapsed();
+                    self.round_started = Instant::now();
+                    self.event(SourceEvent::RoundDone(stats));
+                }
+            }
+            SrcInput::PushDone => {
+                self.pushes += 1;
+                if self.pushes == self.streams.len() {
+                    self.send_control(&Msg::PushDone);
+                    self.event(SourceEvent::PushDone);
+                }
+            }
+            SrcInput::StreamFailed(reason) => self.event(SourceEvent::Failed { reason }),
+            SrcInput::Reply(msg) => match msg {
+                Msg::Verdict { ok, detail } => self.event(SourceEvent::Verdict { ok, detail }),
+                Msg::Resumed => self.resumed(),
+                Msg::PageRequest { pages } => self.serve(&pages),
+                Msg::Abort { reason } => self.event(SourceEvent::Failed {
+                    reason: format!("the destination gave up: {reason}"),
+                }),
+                _ => {}
+            },
+            SrcInput::External(event) => self.event(event),
+        }
+    }
+
+    fn resumed(&mut self) {
+        if let Some(at) = self.paused_at {
+            let ms = at.elapsed().as_millis() as u64;
+            set(&self.progress, |p| p.downtime_ms = Some(ms));
+        }
+    }
+
+    fn event(&mut self, event: SourceEvent) {
+        let Some(machine) = self.machine.as_mut() else {
+            return;
+        };
+        let actions = machine.step(event);
+        self.execute(actions);
+    }
+
+    fn send_control(&mut self, msg: &Msg) -> bool {
+        let Some(conn) = self.control.as_mut() else {
+            return false;
+        };
+        let sent = wire::write(conn, msg, &mut self.scratch).is_ok() && conn.flush().is_ok();
+        if !sent && !matches!(msg, Msg::Abort { .. }) {
+            let _ = self
+                .inputs
+                .send(SrcInput::StreamFailed("lost the control connection".into()));
+        }
+        sent
+    }
+
+    /// Post-copy: the destination needs these pages now; they go ahead of the push.
+    fn serve(&mut self, pages: &[u32]) {
+        let mut by_chunk: std::collections::BTreeMap<usize, u64> = Default::default();
+        for &page in pages {
+            let page = page as usize;
+            if page < self.guest.pages() {
+                *by_chunk.entry(page / CHUNK_PAGES).or_default() |= 1 << (page % CHUNK_PAGES);
+            }
+        }
+        let mut data = Vec::new();
+        for (index, mask) in by_chunk {
+            self.guest.copy_chunk(index, mask, &mut data);
+            let Some(encoder) = self.encoder.as_mut() else {
+                return;
+            };
+            let (chunk, stats) = encoder.encode(index as u32, mask, &data, false, true);
+            let bytes = chunk.payload.len() as u64;
+            set(&self.progress, |p| {
+                p.bytes_sent += bytes;
+                p.memory_sent += stats.pages * PAGE as u64;
+            });
+            self.send_control(&Msg::Chunk(chunk));
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<SourceAction>) {
+        for action in actions {
+            match action {
+                SourceAction::Round(round) => self.round(round),
+                SourceAction::Throttle(percent) => {
+                    self.guest.throttle(percent);
+                    set(&self.progress, |p| p.throttle = percent);
+                }
+                SourceAction::StopAndCopy(round) => {
+                    self.paused_at = Some(Instant::now());
+                    let cpu = self.guest.pause();
+                    set(&self.progress, |p| {
+                        p.phase = "stop-and-copy".into();
+                        p.counter_at_pause = Some(cpu.counter);
+                    });
+                    self.pending_complete = Some(cpu);
+                    self.round(round);
+                }
+                SourceAction::StartPostcopy(round) => {
+                    self.paused_at = Some(Instant::now());
+                    let cpu = self.guest.pause();
+                    self.missing = self.guest.take_dirty_log();
+                    let missing: Vec<u32> = self
+                        .missing
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(chunk, &mask)| {
+                            (0..64u32)
+                                .filter(move |bit| mask & (1 << bit) != 0)
+                                .map(move |bit| (chunk * CHUNK_PAGES) as u32 + bit)
+                        })
+                        .collect();
+                    set(&self.progress, |p| {
+                        p.phase = "verifying".into();
+                        p.postcopy = true;
+                        p.counter_at_pause = Some(cpu.counter);
+                        p.remaining_bytes = missing.len() as u64 * PAGE as u64;
+                    });
+                    self.send_control(&Msg::Postcopy {
+                        round: round.saturating_sub(1),
+                        cpu,
+                        missing,
+                    });
+                }
+                SourceAction::RequestSwitch => set(&self.progress, |p| {
+                    p.ready = true;
+                    p.phase = "switching".into();
+                }),
+                SourceAction::SendOutcome(switched) => {
+                    self.send_control(&Msg::Outcome { switched });
+                }
+                SourceAction::Push => {
+                    set(&self.progress, |p| p.phase = "postcopy".into());
+                    let missing = Arc::new(std::mem::take(&mut self.missing));
+                    for stream in &self.streams {
+                        let _ = stream.send(StreamCmd::Push(missing.clone()));
+                    }
+                }
+                SourceAction::SendAbort(reason) => {
+                    self.send_control(&Msg::Abort { reason });
+                }
+                SourceAction::ResumeGuest => {
+                    self.guest.resume();
+                }
+                SourceAction::Finish => {}
+            }
+        }
+    }
+
+    fn round(&mut self, round: u32) {
+        self.round_parts.clear();
+        self.round_started = Instant::now();
+        for stream in &self.streams {
+            let _ = stream.send(StreamCmd::Round(round));
+        }
+    }
+}
+
+struct StreamWorker {
+    index: usize,
+    streams: usize,
+    chunks: usize,
+    guest: Arc<dyn SourceGuest>,
+    conn: BoxConn,
+    encoder: Encoder,
+    bucket: Option<Arc<TokenBucket>>,
+    digest: Arc<Mutex<PageDigest>>,
+    out: Sender<SrcInput>,
+}
+
+impl StreamWorker {
+    fn run(mut self, commands: Receiver<StreamCmd>) {
+        let mut pages = Vec::with_capacity(CHUNK_PAGES * PAGE);
+        let mut frame = Vec::with_capacity(CHUNK_PAGES * PAGE + 64);
+        while let Ok(command) = commands.recv() {
+            let result = match command {
+                StreamCmd::Round(round) => self.round(round, &mut pages, &mut frame),
+                StreamCmd::Push(missing) => self.push(&missing, &mut pages, &mut frame),
+            };
+            if let Err(e) = result {
+                let _ = self.out.send(SrcInput::StreamFailed(format!(
+                    "stream {}: {e}",
+                    self.index
+                )));
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, msg: &Msg, frame: &mut Vec<u8>) -> Result<u64, wire::WireError> {
+        frame.clear();
+        wire::encode(msg, frame)?;
+        if let Some(bucket) = &self.bucket {
+            bucket.pace(frame.len());
+        }
+        let started = Instant::now();
+        self.conn.write_all(frame)?;
+        self.encoder
+            .chooser
+            .wrote(frame.len(), started.elapsed().as_secs_f64());
+        Ok(frame.len() as u64)
+    }
+
+    fn round(
+        &mut self,
+        round: u32,
+        pages: &mut Vec<u8>,
+        frame: &mut Vec<u8>,
+    ) -> Result<(), wire::WireError> {
+        let (mut bytes, mut memory, mut data_pages, mut zero, mut xor) = (0, 0, 0, 0, 0);
+        for index in (self.index..self.chunks).step_by(self.streams) {
+            let mask = self.guest.take_chunk(index, pages);
+            if mask == 0 {
+                continue;
+            }
+            self.record_digest(index, mask, pages);
+            let (chunk, stats) = self
+                .encoder
+                .encode(index as u32, mask, pages, round > 0, false);
+            bytes += self.send(&Msg::Chunk(chunk), frame)?;
+            memory += stats.pages * PAGE as u64;
+            data_pages += stats.pages - stats.zero;
+            zero += stats.zero;
+            xor += stats.xor;
+        }
+        bytes += self.send(&Msg::RoundEnd { round }, frame)?;
+        self.conn.flush()?;
+        let _ = self.out.send(SrcInput::StreamDone {
+            round,
+            data_pages,
+            bytes,
+            memory,
+            zero,
+            xor,
+        });
+        Ok(())
+    }
+
+    fn record_digest(&self, index: usize, mask: u64, pages: &[u8]) {
+        if let Ok(mut digest) = self.digest.lock() {
+            let mut bits = mask;
+            for data in pages.chunks_exact(PAGE) {
+                let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
+                digest.set(page as u32, data);
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        missing: &[u64],
+        pages: &mut Vec<u8>,
+        frame: &mut Vec<u8>,
+    ) -> Result<(), wire::WireError> {
+        for index in (self.index..self.chunks).step_by(self.streams) {
+            let mask = missing.get(index).copied().unwrap_or(0);
+            if mask == 0 {
+                continue;
+            }
+            self.guest.copy_chunk(index, mask, pages);
+            let (chunk, _) = self.encoder.encode(index as u32, mask, pages, false, true);
+            self.send(&Msg::Chunk(chunk), frame)?;
+        }
+        self.conn.flush()?;
+        let _ = self.out.send(SrcInput::PushDone);
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destination
+
+/// How an incoming migration ended for the destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The switch committed: run the guest from this CPU state.
+    Resume(GuestCpu),
+    /// Throw the incoming guest away.
+    Discard(String),
+}
+
+enum DstInput {
+    Control(BoxConn, Hello),
+    Reply(BoxConn),
+    Msg(Msg),
+    RoundEnd(u16, u32),
+    Arrived,
+    Failed(String),
+    Outcome(bool),
+}
+
+/// The outside's handle on an incoming migration.
+#[derive(Clone)]
+pub struct DestHandle {
+    inputs: Sender<DstInput>,
+    reply: Arc<Mutex<Option<BoxConn>>>,
+    arrival: Arc<(Mutex<Option<Arrival>>, std::sync::Condvar)>,
+}
+
+impl std::fmt::Debug for DestHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestHandle").finish_non_exhaustive()
+    }
+}
+
+impl DestHandle {
+    /// The committed outcome as the local agent saw it (the source may be gone).
+    pub fn outcome(&self, switched: bool) {
+        let _ = self.inputs.send(DstInput::Outcome(switched));
+    }
+
+    /// Blocks until the migration resumes here or is discarded.
+    pub fn wait(&self) -> Arrival {
+        let (lock, ready) = &*self.arrival;
+        let Ok(mut arrival) = lock.lock() else {
+            return Arrival::Discard("internal lock poisoned".into());
+        };
+        loop {
+            if let Some(a) = arrival.clone() {
+                return a;
+            }
+            arrival = match ready.wait(arrival) {
+                Ok(a) => a,
+                Err(_) => return Arrival::Discard("internal lock poisoned".into()),
+            };
+        }
+    }
+
+    /// Post-copy: asks the source for pages the guest needs now.
+    pub fn request(&self, pages: Vec<u32>) -> bool {
+        let Ok(mut reply) = self.reply.lock() else {
+            return false;
+        };
+        let Some(conn) = reply.as_mut() else {
+            return false;
+        };
+        let mut scratch = Vec::new();
+        wire::write(conn, &Msg::PageRequest { pages }, &mut scratch).is_ok() && conn.flush().is_ok()
+    }
+
+    /// Tells the source the guest runs (downtime ends here).
+    fn resumed(&self) {
+        if let Ok(mut reply) = self.reply.lock() {
+            if let Some(conn) = reply.as_mut() {
+                let mut scratch = Vec::new();
+                let _ = wire::write(conn, &Msg::Resumed, &mut scratch);
+                let _ = conn.flush();
+            }
+        }
+    }
+}
+
+/// Receives a migration into `guest`. `accept` yields the source's connections (on a
+/// listener the caller owns); it is called until every channel is in. Returns at once.
+pub fn start_destination(
+    guest: Arc<dyn DestGuest>,
+    migration: u64,
+    accept: Box<dyn FnMut() -> std::io::Result<BoxConn> + Send>,
+) -> DestHandle {
+    let (tx, rx) = channel();
+    let handle = DestHandle {
+        inputs: tx.clone(),
+        reply: Arc::new(Mutex::new(None)),
+        arrival: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
+    };
+    let acceptor = {
+        let tx = tx.clone();
+        let guest = guest.clone();
+        std::thread::Builder::new()
+            .name("migrate-accept".into())
+            .spawn(move || accept_all(accept, migration, guest, tx))
+    };
+    let coordinator = {
+        let handle = handle.clone();
+        std::thread::Builder::new()
+            .name("migrate-dst".into())
+            .spawn(move || run_destination(guest, rx, tx, handle))
+    };
+    if let Err(e) = acceptor.and(coordinator) {
+        let (lock, ready) = &*handle.arrival;
+        if let Ok(mut a) = lock.lock() {
+            *a = Some(Arrival::Discard(format!(
+                "cannot start the migration threads: {e}"
+            )));
+            ready.notify_all();
+        }
+    }
+    handle
+}
+
+fn accept_all(
+    mut accept: Box<dyn FnMut() -> std::io::Result<BoxConn> + Send>,
+    migration: u64,
+    guest: Arc<dyn DestGuest>,
+    out: Sender<DstInput>,
+) {
+    let mut buf = Vec::new();
+    let mut expected: Option<usize> = None;
+    let mut accepted = 0;
+    while expected.is_none_or(|n| accepted < n) {
+        let mut conn = match accept() {
+            Ok(conn) => conn,
+            Err(e) => {
+                let _ = out.send(DstInput::Failed(format!("accepting the source: {e}")));
+                return;
+            }
+        };
+        let hello = match wire::read(&mut conn, &mut buf) {
+            Ok(Msg::Hello(hello)) => hello,
+            // Not a migration source (a probe, a port scan): drop it, keep listening.
+            _ => continue,
+        };
+        let refuse = |conn: &mut BoxConn, reason: String| {
+            let mut scratch = Vec::new();
+            let _ = wire::write(conn, &Msg::Refused { reason }, &mut scratch);
+            let _ = conn.flush();
+        };
+        if hello.migration != migration
+            || hello.page_size != PAGE as u32
+            || hello.pages != guest.pages() as u64
+        {
+            refuse(
+                &mut conn,
+                format!(
+                    "this destination waits for migration {migration} of {} pages of {PAGE} bytes",
+                    guest.pages()
+                ),
+            );
+            continue;
+        }
+        expected = Some(2 + hello.streams as usize);
+        accepted += 1;
+        match hello.channel {
+            Channel::Control => {
+                let _ = out.send(DstInput::Control(conn, hello));
+            }
+            channel => {
+                let Some(version) = negotiate(&hello.versions) else {
+                    refuse(&mut conn, "no shared protocol version".into());
+                    continue;
+                };
+                let mut scratch = Vec::new();
+                if wire::write(&mut conn, &Msg::HelloAck { version }, &mut scratch).is_err()
+                    || conn.flush().is_err()
+                {
+                    continue;
+                }
+                match channel {
+                    Channel::Reply => {
+                        let _ = out.send(DstInput::Reply(conn));
+                    }
+                    Channel::Data(stream) => {
+                        let (guest, out) = (guest.clone(), out.clone());
+                        let _ = std::thread::Builder::new()
+                            .name(format!("migrate-recv-{stream}"))
+                            .spawn(move || receive(conn, Some(stream), guest, out));
+                    }
+                    Channel::Control => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames from one connection: pages are applied here, everything else goes to the
+/// coordinator.
+fn receive(
+    mut conn: BoxConn,
+    stream: Option<u16>,
+    guest: Arc<dyn DestGuest>,
+    out: Sender<DstInput>,
+) {
+    let (mut frame, mut buf, mut ops) = (Vec::new(), Vec::new(), Vec::new());
+    let total = guest.pages();
+    loop {
+        let msg = match wire::read(&mut conn, &mut frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                let _ = out.send(DstInput::Failed(format!("receiving: {e}")));
+                return;
+            }
+        };
+        let forwarded = match msg {
+            Msg::Chunk(chunk) => {
+                if let Err(e) = pages::decode(&chunk, total, &mut buf, &mut ops) {
+                    let _ = out.send(DstInput::Failed(format!("bad chunk {}: {e}", chunk.index)));
+                    return;
+                }
+                guest.apply(&ops, &buf, chunk.postcopy);
+                if chunk.postcopy && guest.missing() == 0 {
+                    let _ = out.send(DstInput::Arrived);
+                }
+                continue;
+            }
+            Msg::RoundEnd { round } => match stream {
+                Some(stream) => DstInput::RoundEnd(stream, round),
+                None => continue,
+            },
+            other => DstInput::Msg(other),
+        };
+        if out.send(forwarded).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_destination(
+    guest: Arc<dyn DestGuest>,
+    inputs: Receiver<DstInput>,
+    tx: Sender<DstInput>,
+    handle: DestHandle,
+) {
+    let mut machine = Destination::new();
+    let mut control: Option<BoxConn> = None;
+    let mut scratch = Vec::new();
+    let settle = |arrival: Arrival| {
+        let (lock, ready) = &*handle.arrival;
+        if let Ok(mut a) = lock.lock() {
+            if a.is_none() {
+                *a = Some(arrival);
+                ready.notify_all();
+            }
+        }
+    };
+    while let Ok(input) = inputs.recv() {
+        let event = match input {
+            DstInput::Control(conn, hello) => {
+                control = Some(conn);
+                DestEvent::Hello {
+                    versions: hello.versions,
+                    streams: hello.streams,
+                }
+            }
+            DstInput::Reply(conn) => {
+                if let Ok(mut reply) = handle.reply.lock() {
+                    *reply = Some(conn);
+                }
+                continue;
+            }
+            DstInput::RoundEnd(stream, round) => DestEvent::RoundEnd { stream, round },
+            DstInput::Arrived => DestEvent::AllArrived,
+            DstInput::Failed(reason) => DestEvent::Failed { reason },
+            DstInput::Outcome(switched) => DestEvent::Outcome { switched },
+            DstInput::Msg(msg) => match msg {
+                Msg::Complete { round, cpu, digest } => DestEvent::Complete { round, cpu, digest },
+                Msg::Postcopy {
+                    round,
+                    cpu,
+                    missing,
+                } => DestEvent::Postcopy {
+                    round,
+                    cpu,
+                    missing,
+                },
+                Msg::Outcome { switched } => DestEvent::Outcome { switched },
+                Msg::Abort { reason } => DestEvent::Abort { reason },
+                Msg::PushDone if guest.missing() == 0 => DestEvent::AllArrived,
+                _ => continue,
+            },
+        };
+        let mut queue = std::collections::VecDeque::from(machine.step(event));
+        while let Some(action) = queue.pop_front() {
+            match action {
+                DestAction::Accept { version } => {
+                    if let Some(mut conn) = control.take() {
+                        let ok = wire::write(&mut conn, &Msg::HelloAck { version }, &mut scratch)
+                            .is_ok()
+                            && conn.flush().is_ok();
+                        if ok {
+                            let (guest, out) = (guest.clone(), tx.clone());
+                            let _ = std::thread::Builder::new()
+                                .name("migrate-control".into())
+                                .spawn(move || receive(conn, None, guest, out));
+                        }
+                    }
+                }
+                DestAction::Refuse(reason) => {
+                    if let Some(mut conn) = control.take() {
+                        let _ = wire::write(
+                            &mut conn,
+                            &Msg::Refused {
+                                reason: reason.clone(),
+                            },
+                            &mut scratch,
+                        );
+                        let _ = conn.flush();
+                    }
+                    settle(Arrival::Discard(reason));
+                }
+                DestAction::ComputeDigest => {
+                    queue.extend(machine.step(DestEvent::Digest(guest.received_digest())));
+                }
+                DestAction::MarkMissing(pages) => guest.set_missing(&pages),
+                DestAction::SendVerdict { ok, detail } => {
+                    if let Ok(mut reply) = handle.reply.lock() {
+                        if let Some(conn) = reply.as_mut() {
+                            let _ = wire::write(conn, &Msg::Verdict { ok, detail }, &mut scratch);
+                            let _ = conn.flush();
+                        }
+                    }
+                }
+                DestAction::Resume(cpu) => {
+                    settle(Arrival::Resume(cpu));
+                    handle.resumed();
+                    if machine.phase == DestPhase::Postcopy && guest.missing() == 0 {
+                        queue.extend(machine.step(DestEvent::AllArrived));
+                    }
+                }
+                DestAction::Discard(reason) => settle(Arrival::Discard(reason)),
+            }
+        }
+        if matches!(machine.phase, DestPhase::Running | DestPhase::Discarded(_)) {
+            // Nothing more to do; late frames are read and ignored by the receivers.
+            return;
+        }
+    }
+    settle(Arrival::Discard(
+        "the migration ended without an outcome".into(),
+    ));
+}

@@ -1,0 +1,123 @@
+//! Mutual TLS for migration connections, from the node's certificate files (the cluster CA,
+//! the node's certificate and key): the destination requires a client certificate signed by
+//! the cluster CA, the source checks the destination's certificate against its address.
+//! Both ends then check that the peer is a cluster node (see `peer_is_node` in the caller).
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+pub type ClientStream = rustls::StreamOwned<ClientConnection, TcpStream>;
+pub type ServerStream = rustls::StreamOwned<ServerConnection, TcpStream>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Setup(format!("bad CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The destination's side: its certificate, client certificates required.
+pub fn server_config(
+    ca: &Path,
+    cert: &Path,
+    key_file: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
+            .build()
+            .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert)?, key(key_file)?)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// The source's side: the cluster CA as the only root, its own certificate as the client's.
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key_file: &Path,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(certs(cert)?, key(key_file)?)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+/// Connects to `address` (`host:port`) and completes the TLS handshake.
+pub fn connect(config: &Arc<ClientConfig>, address: &str) -> std::io::Result<ClientStream> {
+    let host = address
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(address);
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| std::io::Error::other(format!("bad destination host {host}: {e}")))?;
+    let tcp = TcpStream::connect(address)?;
+    tcp.set_nodelay(true)?;
+    let conn = ClientConnection::new(config.clone(), name).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// Completes the TLS handshake of an accepted connection.
+pub fn accept(config: &Arc<ServerConfig>, tcp: TcpStream) -> std::io::Result<ServerStream> {
+    tcp.set_nodelay(true)?;
+    let conn = ServerConnection::new(config.clone()).map_err(std::io::Error::other)?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+/// The peer's certificate (DER), once the handshake is done.
+pub fn peer_certificate(conn: &rustls::CommonState) -> Option<Vec<u8>> {
+    conn.peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| c.to_vec())
+}
