@@ -125,6 +125,61 @@ pub enum Command {
         node: String,
         vms: Vec<String>,
     },
+    /// Asks for a live migration of a running VM (to `destination`, or where the leader
+    /// picks). Answers `Migrations`.
+    MigrationCreate {
+        vm: String,
+        destination: Option<String>,
+        options: crate::migration::MigrationOptions,
+        priority: u16,
+        reason: String,
+    },
+    /// The leader starts a pending migration: destination chosen, its resources reserved,
+    /// the VM's next epoch reserved.
+    MigrationStart {
+        id: u64,
+        destination: String,
+    },
+    /// The destination's incoming guest is ready and listens at `address`.
+    MigrationPrepared {
+        id: u64,
+        address: String,
+        prepare_ms: u64,
+    },
+    /// The ownership switch: the VM moves to the destination with the reserved epoch.
+    MigrationSwitch {
+        id: u64,
+    },
+    /// The source reports the migration done after the switch, with its final figures.
+    MigrationFinish {
+        id: u64,
+        figures: Option<crate::migration::MigrationFigures>,
+    },
+    /// The migration failed (before the switch: the source must resume).
+    MigrationFail {
+        id: u64,
+        reason: String,
+    },
+    /// The source's guest runs on after a failure or cancel (or the source rolled back on its
+    /// own, with `reason`).
+    MigrationRolledBack {
+        id: u64,
+        reason: Option<String>,
+        figures: Option<crate::migration::MigrationFigures>,
+    },
+    MigrationCancel {
+        id: u64,
+    },
+    /// Cordon a node and live-migrate its running VMs away (`evacuate`: stopped ones leave
+    /// too, then maintenance). Answers `Migrations`.
+    NodeDrain {
+        name: String,
+        evacuate: bool,
+    },
+    /// The leader ends a drain when no migration from the node is open any more.
+    NodeDrained {
+        name: String,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -169,6 +224,11 @@ pub enum Response {
     },
     /// `VmObserved`: reports taken and reports ignored as stale.
     Observed { taken: u32, ignored: u32 },
+    /// `MigrationCreate`, `NodeDrain`: migrations asked for (vm, id), VMs refused (vm, why).
+    Migrations {
+        created: Vec<(String, u64)>,
+        refused: Vec<(String, String)>,
+    },
 }
 
 /// Why apply refused a command. Refusals are normal, replicated outcomes: every replica refuses
@@ -256,6 +316,16 @@ impl Command {
             | Command::NodeMaintenance { .. }
             | Command::VmRecover { .. }
             | Command::VmGone { .. } => Ok(()),
+            Command::MigrationCreate { options, .. } => options.validate().map_err(invalid),
+            Command::MigrationStart { .. }
+            | Command::MigrationPrepared { .. }
+            | Command::MigrationSwitch { .. }
+            | Command::MigrationFinish { .. }
+            | Command::MigrationFail { .. }
+            | Command::MigrationRolledBack { .. }
+            | Command::MigrationCancel { .. }
+            | Command::NodeDrain { .. }
+            | Command::NodeDrained { .. } => Ok(()),
         }
     }
 }

@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod command;
 pub mod ids;
+pub mod migration;
 pub mod node;
 pub mod query;
 pub mod resources;

@@ -25,6 +25,8 @@ pub struct Node {
     pub maintenance: bool,
     pub health: Health,
     pub registered_ms: u64,
+    /// Being drained (or evacuated) by live migration, or done with it.
+    pub drain: Option<crate::migration::Drain>,
 }
 
 /// Liveness as committed to the log. Only transitions are committed, never heartbeats.
@@ -41,6 +43,13 @@ impl Node {
 
     /// The state `paddock node list` shows.
     pub fn state_name(&self) -> &'static str {
+        if self.health == Health::Ready && !self.maintenance {
+            match &self.drain {
+                Some(d) if !d.done => return "draining",
+                Some(d) if d.left.is_empty() => return "drained",
+                _ => {}
+            }
+        }
         match (self.health, self.maintenance, self.cordoned) {
             (Health::Down, _, _) => "down",
             (Health::Ready, true, _) => "maintenance",

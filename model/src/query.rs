@@ -34,6 +34,13 @@ pub enum Query {
         name: String,
     },
     Settings,
+    /// Migrations, newest first: the open ones, and finished ones when `finished`.
+    MigrationList {
+        finished: bool,
+    },
+    MigrationGet {
+        id: u64,
+    },
 }
 
 /// One line of `vm list`: what an operator scans for, nothing that grows.
@@ -86,6 +93,8 @@ pub enum QueryResult {
     },
     Vm(Option<Box<Vm>>),
     Settings(Vec<(String, String)>),
+    Migrations(Vec<crate::migration::Migration>),
+    Migration(Option<Box<crate::migration::Migration>>),
 }
 
 impl ClusterState {
@@ -154,6 +163,17 @@ impl ClusterState {
             }
             Query::VmGet { name } => QueryResult::Vm(self.vms.get(name).cloned().map(Box::new)),
             Query::Settings => QueryResult::Settings(self.settings.list()),
+            Query::MigrationList { finished } => QueryResult::Migrations(
+                self.migrations
+                    .values()
+                    .rev()
+                    .filter(|m| *finished || m.ended_ms.is_none())
+                    .cloned()
+                    .collect(),
+            ),
+            Query::MigrationGet { id } => {
+                QueryResult::Migration(self.migrations.get(id).cloned().map(Box::new))
+            }
         }
     }
 }

@@ -26,6 +26,22 @@ pub struct Settings {
     /// Silence after which the leader declares a node down. The leader never uses less than
     /// `lease + its max election timeout + 1 s`, whatever this says.
     pub down_after_ms: u64,
+    /// Live migrations out of one node at a time; more wait, by priority.
+    pub migrations_per_node: u32,
+    /// Live migrations in the cluster at a time.
+    pub migrations_per_cluster: u32,
+    /// What `--mode auto` does when pre-copy stops converging: post-copy or throttle.
+    pub migration_policy: MigrationPolicy,
+    /// Parallel data streams per migration.
+    pub migration_streams: u32,
+    /// Wire bytes per second all outgoing migrations of a node share (`None`: unlimited).
+    pub migration_node_bandwidth: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationPolicy {
+    Postcopy,
+    Throttle,
 }
 
 impl Default for Settings {
@@ -37,6 +53,11 @@ impl Default for Settings {
             heartbeat_ms: 500,
             lease_ms: 3_000,
             down_after_ms: 4_500,
+            migrations_per_node: 2,
+            migrations_per_cluster: 5,
+            migration_policy: MigrationPolicy::Postcopy,
+            migration_streams: 2,
+            migration_node_bandwidth: None,
         }
     }
 }
@@ -49,7 +70,26 @@ pub const KEYS: &[(&str, &str)] = &[
     ("heartbeat_ms", "100–10000, at most a third of lease_ms"),
     ("lease_ms", "1000–60000"),
     ("down_after_ms", "at least lease_ms + 1500"),
+    ("migrations_per_node", "1–16"),
+    ("migrations_per_cluster", "1–256"),
+    ("migration_policy", "postcopy | throttle"),
+    ("migration_streams", "1–8"),
+    ("migration_node_bandwidth", "unlimited | SIZE per second, e.g. 500MiB"),
 ];
+
+fn number_in(key: &str, value: &str, range: std::ops::RangeInclusive<u32>) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{key} must be a number {}–{}, not {value:?}",
+                range.start(),
+                range.end()
+            )
+        })
+}
 
 impl Settings {
     /// Sets `key` to `value`, or explains what is wrong.
@@ -87,6 +127,44 @@ impl Settings {
                 }
                 next.check_timings()?;
                 *self = next;
+                Ok(())
+            }
+            "migrations_per_node" => {
+                self.migrations_per_node = number_in(key, value, 1..=16)?;
+                Ok(())
+            }
+            "migrations_per_cluster" => {
+                self.migrations_per_cluster = number_in(key, value, 1..=256)?;
+                Ok(())
+            }
+            "migration_streams" => {
+                self.migration_streams = number_in(key, value, 1..=8)?;
+                Ok(())
+            }
+            "migration_policy" => {
+                self.migration_policy = match value {
+                    "postcopy" => MigrationPolicy::Postcopy,
+                    "throttle" => MigrationPolicy::Throttle,
+                    other => {
+                        return Err(format!(
+                            "migration_policy must be postcopy or throttle, not {other:?}"
+                        ))
+                    }
+                };
+                Ok(())
+            }
+            "migration_node_bandwidth" => {
+                self.migration_node_bandwidth = if value == "unlimited" {
+                    None
+                } else {
+                    let mib = crate::resources::parse_mib(value).map_err(|e| {
+                        format!("migration_node_bandwidth must be unlimited or a size per second such as 500MiB: {e}")
+                    })?;
+                    if mib == 0 {
+                        return Err("migration_node_bandwidth must be at least 1MiB".into());
+                    }
+                    Some(mib << 20)
+                };
                 Ok(())
             }
             "restart_limit" => {
@@ -155,6 +233,28 @@ impl Settings {
             ("heartbeat_ms".into(), self.heartbeat_ms.to_string()),
             ("lease_ms".into(), self.lease_ms.to_string()),
             ("down_after_ms".into(), self.down_after_ms.to_string()),
+            (
+                "migrations_per_node".into(),
+                self.migrations_per_node.to_string(),
+            ),
+            (
+                "migrations_per_cluster".into(),
+                self.migrations_per_cluster.to_string(),
+            ),
+            (
+                "migration_policy".into(),
+                match self.migration_policy {
+                    MigrationPolicy::Postcopy => "postcopy",
+                    MigrationPolicy::Throttle => "throttle",
+                }
+                .into(),
+            ),
+            ("migration_streams".into(), self.migration_streams.to_string()),
+            (
+                "migration_node_bandwidth".into(),
+                self.migration_node_bandwidth
+                    .map_or("unlimited".into(), |b| format!("{}MiB", b >> 20)),
+            ),
         ]
     }
 }

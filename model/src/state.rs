@@ -42,6 +42,11 @@ pub struct ClusterState {
     /// epoch). A name here cannot be created again, so a new VM never runs while an old one
     /// of the same name still might (its node may be cut off until its lease ends).
     pub deleting: BTreeMap<String, (String, u64)>,
+    /// Live migrations by id: the open ones and the last [`crate::migration::KEEP_FINISHED`]
+    /// finished ones.
+    pub migrations: BTreeMap<u64, crate::migration::Migration>,
+    /// Last migration id handed out.
+    pub migration_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +139,16 @@ impl ClusterState {
                 self.kv.insert(key.clone(), value.clone());
                 Ok(Response::Swapped)
             }
+            Command::MigrationCreate { .. }
+            | Command::MigrationStart { .. }
+            | Command::MigrationPrepared { .. }
+            | Command::MigrationSwitch { .. }
+            | Command::MigrationFinish { .. }
+            | Command::MigrationFail { .. }
+            | Command::MigrationRolledBack { .. }
+            | Command::MigrationCancel { .. }
+            | Command::NodeDrain { .. }
+            | Command::NodeDrained { .. } => self.apply_migration_command(command, at_ms),
             _ => self.apply_vm_command(command, at_ms),
         }
     }

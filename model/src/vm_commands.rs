@@ -32,6 +32,7 @@ impl ClusterState {
                     maintenance: false,
                     health: Health::Ready,
                     registered_ms: at_ms,
+                    drain: None,
                 });
                 node.capacity = *capacity;
                 node.labels = labels.clone();
@@ -45,6 +46,10 @@ impl ClusterState {
                     .get_mut(name)
                     .ok_or_else(|| not_found("node", name))?;
                 node.cordoned = *cordoned;
+                if !cordoned {
+                    // Uncordoning ends a drain (its migrations carry on or have ended).
+                    node.drain = None;
+                }
                 Ok(Response::Done)
             }
             Command::VmCreate {
@@ -80,6 +85,9 @@ impl ClusterState {
                 Ok(Response::Done)
             }
             Command::VmSetDesired { name, desired } => {
+                if *desired == Desired::Stopped {
+                    self.settle_migration_before_change(name, "stopped", at_ms)?;
+                }
                 let vm = self
                     .vms
                     .get_mut(name)
@@ -102,6 +110,7 @@ impl ClusterState {
                 Ok(Response::Done)
             }
             Command::VmDelete { name } => {
+                self.settle_migration_before_change(name, "deleted", at_ms)?;
                 let vm = self.vms.remove(name).ok_or_else(|| not_found("VM", name))?;
                 self.release(&vm);
                 if let Some(a) = &vm.assignment {
@@ -152,7 +161,12 @@ impl ClusterState {
                     return Ok(Response::Done);
                 };
                 let node = assignment.node;
-                if vm.crash_restarts < limit {
+                let crash_restarts = vm.crash_restarts;
+                self.fail_migrations_of_vm(name, &format!("the VM crashed on {node}"), at_ms);
+                let Some(vm) = self.vms.get(name) else {
+                    return Err(not_found("VM", name));
+                };
+                if crash_restarts < limit {
                     self.epoch += 1;
                     let epoch = self.epoch;
                     if let Some(vm) = self.vms.get_mut(name) {
@@ -214,6 +228,7 @@ impl ClusterState {
                 node.health = Health::Down;
                 // Down means its lease has ended: nothing of it still runs.
                 self.deleting.retain(|_, (n, _)| n != name);
+                self.fail_migrations_of_node(name, at_ms);
                 let on_node: Vec<String> = self
                     .vms
                     .values()
@@ -255,9 +270,9 @@ impl ClusterState {
                 }
                 Ok(Response::Done)
             }
-            Command::KvPut { .. } | Command::KvDelete { .. } | Command::KvCas { .. } => {
-                unreachable!("key/value commands are applied by ClusterState::apply_command")
-            }
+            _ => Err(Rejection::Invalid {
+                reason: "not a node or VM command".into(),
+            }),
         }
     }
 
@@ -292,7 +307,7 @@ impl ClusterState {
     }
 
     /// Frees what `vm` held on its node.
-    fn release(&mut self, vm: &Vm) {
+    pub(crate) fn release(&mut self, vm: &Vm) {
         if let Some(assignment) = &vm.assignment {
             if let Some(node) = self.nodes.get_mut(&assignment.node) {
                 node.allocated = node.allocated.minus(&vm.spec.resources());
