@@ -14,8 +14,8 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::pb::{
-    self, cluster_client::ClusterClient, kv_client::KvClient, nodes_client::NodesClient,
-    settings_client::SettingsClient, vms_client::VmsClient,
+    self, cluster_client::ClusterClient, kv_client::KvClient, migrations_client::MigrationsClient,
+    nodes_client::NodesClient, settings_client::SettingsClient, vms_client::VmsClient,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -512,5 +512,74 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Cordons `name` and live-migrates its running VMs away (`evacuate`: stopped ones too,
+    /// then maintenance).
+    pub async fn node_drain(
+        &mut self,
+        name: &str,
+        evacuate: bool,
+    ) -> Result<pb::MigrationCreateResponse, ClientError> {
+        let request = pb::DrainRequest {
+            name: name.to_string(),
+            evacuate,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { NodesClient::new(channel).drain(request).await }
+        })
+        .await
+    }
+
+    /// Asks for a live migration; `request.request_id` is filled here.
+    pub async fn migration_create(
+        &mut self,
+        mut request: pb::MigrationCreateRequest,
+    ) -> Result<pb::MigrationCreateResponse, ClientError> {
+        request.request_id = Some(self.next_request_id().into());
+        self.call(|channel| {
+            let request = request.clone();
+            async move { MigrationsClient::new(channel).create(request).await }
+        })
+        .await
+    }
+
+    pub async fn migration_list(
+        &mut self,
+        finished: bool,
+    ) -> Result<Vec<pb::MigrationInfo>, ClientError> {
+        let request = pb::MigrationListRequest { finished };
+        let reply = self
+            .call(|channel| async move { MigrationsClient::new(channel).list(request).await })
+            .await?;
+        Ok(reply.migrations)
+    }
+
+    pub async fn migration_get(&mut self, id: u64) -> Result<pb::MigrationInfo, ClientError> {
+        let request = pb::MigrationGetRequest { id };
+        self.call(|channel| async move { MigrationsClient::new(channel).get(request).await })
+            .await
+    }
+
+    pub async fn migration_cancel(&mut self, id: u64) -> Result<(), ClientError> {
+        let request = pb::MigrationCancelRequest {
+            id,
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| async move { MigrationsClient::new(channel).cancel(request).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// The migration's updates as they happen, until it ends.
+    pub async fn migration_watch(
+        &mut self,
+        id: u64,
+    ) -> Result<tonic::Streaming<pb::MigrationInfo>, ClientError> {
+        let request = pb::MigrationGetRequest { id };
+        self.call(|channel| async move { MigrationsClient::new(channel).watch(request).await })
+            .await
     }
 }

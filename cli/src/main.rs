@@ -54,6 +54,9 @@ enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(paddock_cli::commands::vm::VmCommand),
+    /// Live migrations: list, show, watch, cancel.
+    #[command(subcommand)]
+    Migration(paddock_cli::commands::migration::MigrationCommand),
     /// A local cluster on this machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             Command::Kv(c) => commands::kv::run(c, &global).await,
             Command::Node(c) => commands::node::run(c, &global).await,
             Command::Vm(c) => commands::vm::run(c, &global).await,
+            Command::Migration(c) => commands::migration::run(c, &global).await,
             Command::Dev(c) => commands::dev::run(c).await,
             Command::Bench(c) => paddock_cli::bench::run(c).await,
         }

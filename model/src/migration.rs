@@ -652,10 +652,13 @@ impl ClusterState {
                     .filter(|vm| vm.node() == Some(name.as_str()))
                     .map(|vm| vm.name.clone())
                     .collect();
-                let node = self.nodes.get_mut(name).ok_or_else(|| Rejection::NotFound {
-                    kind: "node".into(),
-                    name: name.clone(),
-                })?;
+                let node = self
+                    .nodes
+                    .get_mut(name)
+                    .ok_or_else(|| Rejection::NotFound {
+                        kind: "node".into(),
+                        name: name.clone(),
+                    })?;
                 if let Some(drain) = node.drain.as_mut() {
                     if !drain.done {
                         drain.done = true;
@@ -804,7 +807,11 @@ mod tests {
             },
         )
         .expect("place");
-        let epoch = state.vms["v"].assignment.as_ref().map(|a| a.epoch).unwrap_or(0);
+        let epoch = state.vms["v"]
+            .assignment
+            .as_ref()
+            .map(|a| a.epoch)
+            .unwrap_or(0);
         apply(
             &mut state,
             Command::VmObserved {
@@ -938,7 +945,9 @@ mod tests {
                 reason: "operator".into(),
             },
         );
-        assert!(matches!(again, Err(Rejection::Invalid { reason }) if reason.contains("already migrating")));
+        assert!(
+            matches!(again, Err(Rejection::Invalid { reason }) if reason.contains("already migrating"))
+        );
         let to_itself = apply(
             &mut state,
             Command::MigrationCreate {

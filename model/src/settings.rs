@@ -74,7 +74,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("migrations_per_cluster", "1–256"),
     ("migration_policy", "postcopy | throttle"),
     ("migration_streams", "1–8"),
-    ("migration_node_bandwidth", "unlimited | SIZE per second, e.g. 500MiB"),
+    (
+        "migration_node_bandwidth",
+        "unlimited | SIZE per second, e.g. 500MiB",
+    ),
 ];
 
 fn number_in(key: &str, value: &str, range: std::ops::RangeInclusive<u32>) -> Result<u32, String> {
@@ -249,7 +252,10 @@ impl Settings {
                 }
                 .into(),
             ),
-            ("migration_streams".into(), self.migration_streams.to_string()),
+            (
+                "migration_streams".into(),
+                self.migration_streams.to_string(),
+            ),
             (
                 "migration_node_bandwidth".into(),
                 self.migration_node_bandwidth

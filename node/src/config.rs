@@ -100,6 +100,12 @@ pub struct Flags {
     /// memvm: working set each guest dirties, e.g. 16MiB [default: 16MiB].
     #[arg(long, env = "PADDOCK_MEMVM_WORKING_SET")]
     pub memvm_working_set: Option<String>,
+    /// memvm: bytes each guest rewrites in every page it touches, 8–4096 [default: 8].
+    #[arg(long, env = "PADDOCK_MEMVM_DIRTY_BYTES")]
+    pub memvm_dirty_bytes: Option<usize>,
+    /// memvm: memory each guest fills with mixed content at boot, e.g. 768MiB [default: 0].
+    #[arg(long, env = "PADDOCK_MEMVM_FILL")]
+    pub memvm_fill: Option<String>,
 }
 
 /// The same keys, from the TOML file.
@@ -133,6 +139,8 @@ struct FileConfig {
     labels: Option<BTreeMap<String, String>>,
     memvm_dirty_rate: Option<u64>,
     memvm_working_set: Option<String>,
+    memvm_dirty_bytes: Option<usize>,
+    memvm_fill: Option<String>,
 }
 
 /// The hypervisor driver a node uses.
@@ -155,6 +163,8 @@ pub struct HostConfig {
     pub labels: BTreeMap<String, String>,
     pub memvm_dirty_rate: u64,
     pub memvm_working_set_mib: u64,
+    pub memvm_dirty_bytes: usize,
+    pub memvm_fill_mib: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +402,17 @@ impl NodeConfig {
                 flags.memvm_working_set.or(file.memvm_working_set),
             )?
             .unwrap_or(16),
+            memvm_dirty_bytes: match flags.memvm_dirty_bytes.or(file.memvm_dirty_bytes) {
+                None => 8,
+                Some(n) if (8..=4096).contains(&n) => n,
+                Some(n) => {
+                    return Err(invalid(format!(
+                        "--memvm-dirty-bytes must be 8–4096, not {n}"
+                    )))
+                }
+            },
+            memvm_fill_mib: size("--memvm-fill", flags.memvm_fill.or(file.memvm_fill))?
+                .unwrap_or(0),
         };
         Ok(NodeConfig {
             name,

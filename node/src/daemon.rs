@@ -31,7 +31,8 @@ use crate::membership;
 use crate::metrics::NodeMetrics;
 use crate::proposer::Proposer;
 use crate::service::{
-    ClusterService, KvService, NodesService, RaftService, SettingsService, VmsService,
+    ClusterService, KvService, MigrationsService, NodesService, RaftService, SettingsService,
+    VmsService,
 };
 
 /// Largest gRPC message accepted: Raft batches and snapshot chunks.
@@ -172,6 +173,13 @@ pub async fn run(
     let settings_service = pb::settings_server::SettingsServer::new(SettingsService {
         proposer: proposer.clone(),
     });
+    // Live progress of running migrations, kept by the leader.
+    let board = Arc::new(controllers::migration::Board::default());
+    let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
+        proposer: proposer.clone(),
+        raft: raft.clone(),
+        board: board.clone(),
+    });
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -184,6 +192,7 @@ pub async fn run(
             .add_service(nodes_service)
             .add_service(vms_service)
             .add_service(settings_service)
+            .add_service(migrations_service)
             .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -257,7 +266,25 @@ pub async fn run(
             device.display()
         );
     }
+    tokio::spawn(
+        crate::agent::migration::Worker {
+            name: config.name.clone(),
+            driver: agent.driver.clone(),
+            proposer: proposer.clone(),
+            shared: shared.clone(),
+            board: board.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     tokio::spawn(agent.run(shutdown.clone()));
+    tokio::spawn(controllers::migration::run(
+        raft.clone(),
+        node_id,
+        proposer.clone(),
+        shared.clone(),
+        board,
+        shutdown.clone(),
+    ));
     tokio::spawn(controllers::recovery::run(
         raft.clone(),
         node_id,
@@ -296,7 +323,10 @@ fn open_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Driver>> {
             GuestLoad {
                 dirty_pages_per_sec: config.host.memvm_dirty_rate,
                 working_set_mib: config.host.memvm_working_set_mib,
+                dirty_write_bytes: config.host.memvm_dirty_bytes,
+                fill_mib: config.host.memvm_fill_mib,
             },
+            Some(&config.certs_dir),
         )?)),
         #[cfg(feature = "libvirt")]
         DriverKind::Libvirt => Ok(Arc::new(crate::drivers::libvirt::Libvirt::open(

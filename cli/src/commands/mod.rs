@@ -5,6 +5,7 @@ pub mod certs;
 pub mod cluster;
 pub mod dev;
 pub mod kv;
+pub mod migration;
 pub mod node;
 pub mod vm;
 

@@ -30,11 +30,35 @@ pub enum NodeCommand {
     },
     /// Remove a node from the Raft membership (stop its paddockd afterwards).
     Remove { name: String },
+    /// Cordon NAME and live-migrate every running VM away; VMs that cannot move are reported.
+    Drain {
+        name: String,
+        /// Follow the migrations until all ended.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Drain NAME for a shutdown: running VMs live-migrate, stopped ones leave too, then
+    /// maintenance.
+    Evacuate {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 pub async fn run(command: NodeCommand, global: &Global) -> Result<(), Failure> {
+    match &command {
+        NodeCommand::Drain { name, wait } => {
+            return super::migration::drain(name, false, *wait, global).await
+        }
+        NodeCommand::Evacuate { name, wait } => {
+            return super::migration::drain(name, true, *wait, global).await
+        }
+        _ => {}
+    }
     let mut client = global.client()?;
     match command {
+        NodeCommand::Drain { .. } | NodeCommand::Evacuate { .. } => {}
         NodeCommand::List { stale } => {
             let nodes = client.node_list(stale).await.map_err(client_failure)?;
             match global.output {

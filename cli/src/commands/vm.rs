@@ -32,6 +32,8 @@ pub enum VmCommand {
     Restart(Target),
     /// Remove the VM; its node destroys it.
     Delete(Target),
+    /// Live-migrate a running VM to another node (it keeps running).
+    Migrate(super::migration::MigrateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -114,8 +116,12 @@ fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, 
 }
 
 pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
+    if let VmCommand::Migrate(args) = command {
+        return super::migration::migrate(args, global).await;
+    }
     let mut client = global.client()?;
     match command {
+        VmCommand::Migrate(_) => {}
         VmCommand::Create(args) => {
             let mut disks: Vec<pb::Disk> = args
                 .disks

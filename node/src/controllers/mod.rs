@@ -3,5 +3,6 @@
 //! stopped.
 
 pub mod failure;
+pub mod migration;
 pub mod placement;
 pub mod recovery;

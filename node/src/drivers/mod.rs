@@ -5,7 +5,9 @@
 pub mod libvirt;
 pub mod memvm;
 
+use paddock_migration::Progress;
 use paddock_model::{Resources, VmSpec};
+use serde::{Deserialize, Serialize};
 
 /// One VM as the driver sees it on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +29,48 @@ pub enum InstanceState {
     Stopped,
     /// Ended on its own.
     Crashed(String),
+    /// Waiting for an incoming live migration (not running yet).
+    Incoming,
+    /// Migrated away: the destination runs it; this copy must never run again.
+    Migrated,
+}
+
+/// What the source side of a live migration needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub migration: u64,
+    /// The destination's listener, `host:port`.
+    pub to: String,
+    /// auto | precopy | postcopy
+    pub mode: String,
+    /// postcopy | throttle (what auto does when pre-copy stops converging)
+    pub policy: String,
+    pub max_downtime_ms: u64,
+    pub bandwidth: Option<u64>,
+    pub streams: u16,
+}
+
+/// Which side of a migration a VM on this host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationRole {
+    None,
+    Source,
+    Destination,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationStatus {
+    pub role: MigrationRole,
+    pub migration: Option<u64>,
+    pub progress: Option<Progress>,
+}
+
+/// Published by a destination once its incoming VM listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingReady {
+    pub port: u16,
+    pub prepare_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +88,50 @@ pub trait Driver: Send + Sync {
     fn stop(&self, vm: &str) -> Result<(), DriverError>;
     /// Kills `vm` at once if it runs and forgets it.
     fn destroy(&self, vm: &str) -> Result<(), DriverError>;
+
+    /// Starts `vm` as the destination of `migration`, for assignment `epoch` once switched,
+    /// listening on `listen_host`.
+    fn prepare_incoming(
+        &self,
+        vm: &str,
+        epoch: u64,
+        spec: &VmSpec,
+        migration: u64,
+        listen_host: &str,
+    ) -> Result<(), DriverError> {
+        let _ = (vm, epoch, spec, migration, listen_host);
+        Err(self.cannot_migrate())
+    }
+    /// The incoming VM's listener, once it is ready.
+    fn incoming_ready(&self, vm: &str) -> Result<Option<IncomingReady>, DriverError> {
+        let _ = vm;
+        Err(self.cannot_migrate())
+    }
+    /// Starts migrating `vm` out (idempotent for the same migration).
+    fn migrate_out(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
+        let _ = (vm, request);
+        Err(self.cannot_migrate())
+    }
+    fn migration_status(&self, vm: &str) -> Result<MigrationStatus, DriverError> {
+        let _ = vm;
+        Err(self.cannot_migrate())
+    }
+    /// Tells either side the committed outcome of the ownership switch.
+    fn migration_switch(&self, vm: &str, committed: bool) -> Result<(), DriverError> {
+        let _ = (vm, committed);
+        Err(self.cannot_migrate())
+    }
+    /// Stops an outgoing migration before its switch; the VM runs on here.
+    fn migration_cancel(&self, vm: &str, reason: &str) -> Result<(), DriverError> {
+        let _ = (vm, reason);
+        Err(self.cannot_migrate())
+    }
+    fn cannot_migrate(&self) -> DriverError {
+        DriverError(format!(
+            "the {} driver cannot live-migrate (see docs/operations.md, live migration)",
+            self.name()
+        ))
+    }
 }
 
 /// What this host offers, from flags or the host itself.

@@ -3,11 +3,13 @@
 
 mod cluster;
 mod kv;
+mod migrations;
 mod raft;
 mod vms;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
+pub use migrations::MigrationsService;
 pub use raft::RaftService;
 pub use vms::{NodesService, SettingsService, VmsService};
 

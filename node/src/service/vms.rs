@@ -144,6 +144,24 @@ impl nodes_server::Nodes for NodesService {
         Ok(reply(&self.proposer, pb::CordonResponse {}))
     }
 
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
+        require_writer(&request)?;
+        let pb::DrainRequest {
+            name,
+            evacuate,
+            request_id,
+        } = request.into_inner();
+        super::migrations::created(
+            &self.proposer,
+            request_id,
+            Command::NodeDrain { name, evacuate },
+        )
+        .await
+    }
+
     async fn maintenance(
         &self,
         request: Request<pb::MaintenanceRequest>,

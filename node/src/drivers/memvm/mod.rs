@@ -4,9 +4,11 @@
 //! them from their directories; killing the host (the process group) kills them too.
 //!
 //! Layout under `DATA/memvm/`: `vms/VM/guest.json` (epoch, pid, spec), `vms/VM/status.json`
-//! (written by the guest), `vms/VM/stop` (stop request), `runs/` (run intervals of every VM
-//! that ran here, for the chaos checkers).
+//! (written by the guest), `vms/VM/stop` (stop request), `vms/VM/control.sock` (the guest's
+//! control socket: migrations), `vms/VM/incoming.json` (an incoming guest's port), `runs/`
+//! (run intervals of every VM that ran here, for the chaos checkers).
 
+pub mod control;
 pub mod guest;
 
 use std::collections::HashMap;
@@ -17,7 +19,10 @@ use std::sync::Mutex;
 use paddock_model::VmSpec;
 use serde::{Deserialize, Serialize};
 
-use super::{Driver, DriverError, Instance, InstanceState};
+use super::{
+    Driver, DriverError, IncomingReady, Instance, InstanceState, MigrateRequest, MigrationStatus,
+};
+use control::{Reply, Request};
 use guest::{now_ms, write_json, GuestStatus};
 
 /// What the driver records when it starts a guest.
@@ -35,6 +40,10 @@ struct GuestRecord {
 pub struct GuestLoad {
     pub dirty_pages_per_sec: u64,
     pub working_set_mib: u64,
+    /// Bytes rewritten in each touched page (8–4096).
+    pub dirty_write_bytes: usize,
+    /// MiB filled with mixed content at boot (benchmarks).
+    pub fill_mib: u64,
 }
 
 pub struct MemVm {
@@ -43,6 +52,8 @@ pub struct MemVm {
     node: String,
     guest_bin: PathBuf,
     load: GuestLoad,
+    /// The node's certificates (for migrations between guests).
+    certs_dir: Option<PathBuf>,
     /// Guests this process started, so their exits are reaped (adopted ones are not ours).
     children: Mutex<HashMap<String, Child>>,
 }
@@ -54,7 +65,12 @@ fn err(context: &str, e: impl std::fmt::Display) -> DriverError {
 impl MemVm {
     /// A driver keeping its guests under `data_dir/memvm`. The guest program is
     /// `paddock-memvm` next to the running paddockd.
-    pub fn open(data_dir: &Path, node: &str, load: GuestLoad) -> anyhow::Result<MemVm> {
+    pub fn open(
+        data_dir: &Path,
+        node: &str,
+        load: GuestLoad,
+        certs_dir: Option<&Path>,
+    ) -> anyhow::Result<MemVm> {
         let root = data_dir.join("memvm");
         std::fs::create_dir_all(root.join("vms"))?;
         std::fs::create_dir_all(root.join("runs"))?;
@@ -71,6 +87,7 @@ impl MemVm {
             node: node.to_string(),
             guest_bin,
             load,
+            certs_dir: certs_dir.map(Path::to_path_buf),
             children: Mutex::new(HashMap::new()),
         })
     }
@@ -91,6 +108,99 @@ impl MemVm {
     fn status(&self, vm: &str) -> Option<GuestStatus> {
         let text = std::fs::read(self.vm_dir(vm).join("status.json")).ok()?;
         serde_json::from_slice(&text).ok()
+    }
+
+    fn call(&self, vm: &str, request: &Request) -> Result<Reply, DriverError> {
+        let socket = self.vm_dir(vm).join("control.sock");
+        let reply = control::call(&socket, request)
+            .map_err(|e| err(&format!("cannot reach the guest of {vm}"), e))?;
+        if reply.ok {
+            Ok(reply)
+        } else {
+            Err(DriverError(
+                reply.error.unwrap_or_else(|| "guest refused".into()),
+            ))
+        }
+    }
+
+    /// Starts a guest process (booting, or waiting for an incoming migration).
+    fn spawn(
+        &self,
+        vm: &str,
+        epoch: u64,
+        spec: &VmSpec,
+        incoming: Option<(u64, &str)>,
+    ) -> Result<(), DriverError> {
+        if let Some(record) = self.record(vm) {
+            if guest_alive(record.pid, vm) {
+                return Err(DriverError(format!(
+                    "{vm} already runs here (pid {}, epoch {})",
+                    record.pid, record.epoch
+                )));
+            }
+        }
+        let dir = self.vm_dir(vm);
+        std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the VM directory", e))?;
+        for stale in ["stop", "status.json", "incoming.json", "control.sock"] {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+        let log = std::fs::File::create(dir.join("guest.log"))
+            .map_err(|e| err("cannot create the guest log", e))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| err("cannot create the guest log", e))?;
+        let mut command = Command::new(&self.guest_bin);
+        command
+            .args(["--vm", vm, "--node", &self.node])
+            .args(["--epoch", &epoch.to_string()])
+            .args(["--memory-mib", &spec.memory_mib.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--runs-dir")
+            .arg(self.runs_dir())
+            .args([
+                "--dirty-pages-per-sec",
+                &self.load.dirty_pages_per_sec.to_string(),
+            ])
+            .args(["--working-set-mib", &self.load.working_set_mib.to_string()])
+            .args([
+                "--dirty-write-bytes",
+                &self.load.dirty_write_bytes.to_string(),
+            ])
+            .arg("--lease-file")
+            .arg(&self.lease_file);
+        if let Some(certs) = &self.certs_dir {
+            command.arg("--certs-dir").arg(certs);
+        }
+        match incoming {
+            Some((migration, host)) => {
+                command
+                    .args(["--incoming", &migration.to_string()])
+                    .args(["--listen", &format!("{host}:0")]);
+            }
+            None => {
+                command.args(["--fill-mib", &self.load.fill_mib.to_string()]);
+            }
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| err("cannot start the memvm guest", e))?;
+        let record = GuestRecord {
+            vm: vm.to_string(),
+            epoch,
+            pid: child.id(),
+            memory_mib: spec.memory_mib,
+            started_ms: now_ms(),
+        };
+        write_json(&dir.join("guest.json"), &record)
+            .map_err(|e| err("cannot record the guest", e))?;
+        if let Ok(mut children) = self.children.lock() {
+            children.insert(vm.to_string(), child);
+        }
+        Ok(())
     }
 
     /// Reaps guests of ours that exited (so they do not linger as zombies).
@@ -141,13 +251,16 @@ impl Driver for MemVm {
                 .status(&vm)
                 .filter(|s| s.epoch == record.epoch && s.pid == record.pid);
             let state = if guest_alive(record.pid, &vm) {
-                if self.vm_dir(&vm).join("stop").exists() {
-                    InstanceState::Stopping
-                } else if status.is_some_and(|s| s.state == "running") {
-                    InstanceState::Running
-                } else {
-                    InstanceState::Starting
+                match status.as_ref().map(|s| s.state.as_str()) {
+                    _ if self.vm_dir(&vm).join("stop").exists() => InstanceState::Stopping,
+                    // Paused by a migration: it still owns the VM until the switch.
+                    Some("running" | "paused") => InstanceState::Running,
+                    Some("preparing" | "incoming") => InstanceState::Incoming,
+                    Some("migrated") => InstanceState::Migrated,
+                    _ => InstanceState::Starting,
                 }
+            } else if status.as_ref().is_some_and(|s| s.state == "migrated") {
+                InstanceState::Migrated
             } else if status
                 .as_ref()
                 .is_some_and(|s| s.state == "stopped" || s.state == "fenced")
@@ -172,57 +285,7 @@ impl Driver for MemVm {
     }
 
     fn start(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<(), DriverError> {
-        if let Some(record) = self.record(vm) {
-            if guest_alive(record.pid, vm) {
-                return Err(DriverError(format!(
-                    "{vm} already runs here (pid {}, epoch {})",
-                    record.pid, record.epoch
-                )));
-            }
-        }
-        let dir = self.vm_dir(vm);
-        std::fs::create_dir_all(&dir).map_err(|e| err("cannot create the VM directory", e))?;
-        for stale in ["stop", "status.json"] {
-            let _ = std::fs::remove_file(dir.join(stale));
-        }
-        let log = std::fs::File::create(dir.join("guest.log"))
-            .map_err(|e| err("cannot create the guest log", e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| err("cannot create the guest log", e))?;
-        let child = Command::new(&self.guest_bin)
-            .args(["--vm", vm, "--node", &self.node])
-            .args(["--epoch", &epoch.to_string()])
-            .args(["--memory-mib", &spec.memory_mib.to_string()])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--runs-dir")
-            .arg(self.runs_dir())
-            .args([
-                "--dirty-pages-per-sec",
-                &self.load.dirty_pages_per_sec.to_string(),
-            ])
-            .args(["--working-set-mib", &self.load.working_set_mib.to_string()])
-            .arg("--lease-file")
-            .arg(&self.lease_file)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| err("cannot start the memvm guest", e))?;
-        let record = GuestRecord {
-            vm: vm.to_string(),
-            epoch,
-            pid: child.id(),
-            memory_mib: spec.memory_mib,
-            started_ms: now_ms(),
-        };
-        write_json(&dir.join("guest.json"), &record)
-            .map_err(|e| err("cannot record the guest", e))?;
-        if let Ok(mut children) = self.children.lock() {
-            children.insert(vm.to_string(), child);
-        }
-        Ok(())
+        self.spawn(vm, epoch, spec, None)
     }
 
     fn stop(&self, vm: &str) -> Result<(), DriverError> {
@@ -250,5 +313,61 @@ impl Driver for MemVm {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(err("cannot remove the VM directory", e)),
         }
+    }
+
+    fn prepare_incoming(
+        &self,
+        vm: &str,
+        epoch: u64,
+        spec: &VmSpec,
+        migration: u64,
+        listen_host: &str,
+    ) -> Result<(), DriverError> {
+        if self.certs_dir.is_none() {
+            return Err(DriverError(
+                "this node has no certificates directory: migrations run over mutual TLS".into(),
+            ));
+        }
+        self.spawn(vm, epoch, spec, Some((migration, listen_host)))
+    }
+
+    fn incoming_ready(&self, vm: &str) -> Result<Option<IncomingReady>, DriverError> {
+        let Ok(text) = std::fs::read(self.vm_dir(vm).join("incoming.json")) else {
+            return Ok(None);
+        };
+        let ready: guest::IncomingReady =
+            serde_json::from_slice(&text).map_err(|e| err("unreadable incoming.json", e))?;
+        Ok(Some(IncomingReady {
+            port: ready.port,
+            prepare_ms: ready.prepare_ms,
+        }))
+    }
+
+    fn migrate_out(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
+        self.call(vm, &Request::Migrate(request.clone()))
+            .map(|_| ())
+    }
+
+    fn migration_status(&self, vm: &str) -> Result<MigrationStatus, DriverError> {
+        let reply = self.call(vm, &Request::Query)?;
+        Ok(MigrationStatus {
+            role: reply.role.unwrap_or(super::MigrationRole::None),
+            migration: reply.migration,
+            progress: reply.progress,
+        })
+    }
+
+    fn migration_switch(&self, vm: &str, committed: bool) -> Result<(), DriverError> {
+        self.call(vm, &Request::Switch { committed }).map(|_| ())
+    }
+
+    fn migration_cancel(&self, vm: &str, reason: &str) -> Result<(), DriverError> {
+        self.call(
+            vm,
+            &Request::Cancel {
+                reason: reason.to_string(),
+            },
+        )
+        .map(|_| ())
     }
 }

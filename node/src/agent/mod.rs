@@ -11,6 +11,8 @@
 //! VMs only while its lease is valid and its replica has applied the log index the lease came
 //! with, and destroys every VM shortly before its lease ends (fencing).
 
+pub mod migration;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,6 +227,27 @@ impl Agent {
                 })
                 .collect()
         };
+        // Live migrations touching this node: an incoming VM is kept although not assigned
+        // here yet; a source VM is left to the migration worker (never started or stopped
+        // here) until its migration has settled.
+        let (incoming, outgoing): (BTreeMap<String, u64>, BTreeMap<String, u64>) = {
+            let applied = self.shared.read();
+            let open = applied
+                .state
+                .migrations
+                .values()
+                .filter(|m| m.ended_ms.is_none());
+            let (mut incoming, mut outgoing) = (BTreeMap::new(), BTreeMap::new());
+            for m in open {
+                if m.destination.as_deref() == Some(self.name.as_str()) && m.phase.active() {
+                    incoming.insert(m.vm.clone(), m.target_epoch);
+                }
+                if m.source == self.name {
+                    outgoing.insert(m.vm.clone(), m.source_epoch);
+                }
+            }
+            (incoming, outgoing)
+        };
         let driver = self.driver.clone();
         let instances = tokio::task::spawn_blocking(move || driver.list()).await??;
         let mut by_vm: BTreeMap<String, Instance> = BTreeMap::new();
@@ -235,6 +258,17 @@ impl Agent {
             let current = assigned
                 .get(&instance.vm)
                 .is_some_and(|a| a.epoch == instance.epoch);
+            let arriving = incoming.get(&instance.vm) == Some(&instance.epoch);
+            let leaving = outgoing.get(&instance.vm) == Some(&instance.epoch)
+                && !matches!(instance.state, InstanceState::Migrated);
+            if !current && (arriving || leaving) {
+                // Owned by a migration under way (the worker drives it).
+                continue;
+            }
+            if current && instance.state == InstanceState::Migrated {
+                // Migrated away; this replica has not applied the switch yet. Never restart.
+                continue;
+            }
             if current && *first_pass && matches!(instance.state, InstanceState::Crashed(_)) {
                 // Dead when this daemon started: the host (or the daemon with its VMs) went
                 // down. Like VMs after a host reboot, it is started again, same epoch.
@@ -257,7 +291,14 @@ impl Agent {
         }
         let mut reports = Vec::new();
         for (vm, a) in &assigned {
-            let observed = match (a.desired, by_vm.get(vm).map(|i| &i.state)) {
+            let state = by_vm.get(vm).map(|i| &i.state);
+            if outgoing.get(vm) == Some(&a.epoch)
+                && matches!(state, None | Some(InstanceState::Stopped))
+            {
+                // A migration owns it: starting it here could run it twice.
+                continue;
+            }
+            let observed = match (a.desired, state) {
                 (Desired::Running, None | Some(InstanceState::Stopped))
                     if standing == Standing::CatchingUp =>
                 {
@@ -285,8 +326,10 @@ impl Agent {
                     (VmState::Stopped, None)
                 }
                 (Desired::Stopped, None) => (VmState::Stopped, None),
+                (_, Some(InstanceState::Migrated)) => continue,
                 (_, Some(state)) => match state {
-                    InstanceState::Starting => (VmState::Starting, None),
+                    InstanceState::Starting | InstanceState::Incoming => (VmState::Starting, None),
+                    InstanceState::Migrated => continue,
                     InstanceState::Running => (VmState::Running, None),
                     InstanceState::Stopping => (VmState::Stopping, None),
                     InstanceState::Stopped => (VmState::Stopped, None),
