@@ -534,6 +534,9 @@ impl SourceRun {
         let mut data = Vec::new();
         for (index, mask) in by_chunk {
             self.guest.copy_chunk(index, mask, &mut data);
+            if let Some(digest) = &self.sent_digest {
+                record_digest(digest, index, mask, &data);
+            }
             let Some(encoder) = self.encoder.as_mut() else {
                 return;
             };
@@ -625,6 +628,18 @@ impl SourceRun {
     }
 }
 
+/// Records what is sent of chunk `index` in the sent-memory digest.
+fn record_digest(digest: &Mutex<PageDigest>, index: usize, mask: u64, pages: &[u8]) {
+    if let Ok(mut digest) = digest.lock() {
+        let mut bits = mask;
+        for data in pages.chunks_exact(PAGE) {
+            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
+            digest.set(page as u32, data);
+            bits &= bits - 1;
+        }
+    }
+}
+
 struct StreamWorker {
     index: usize,
     streams: usize,
@@ -682,7 +697,7 @@ impl StreamWorker {
             if mask == 0 {
                 continue;
             }
-            self.record_digest(index, mask, pages);
+            record_digest(&self.digest, index, mask, pages);
             let (chunk, stats) = self
                 .encoder
                 .encode(index as u32, mask, pages, round > 0, false);
@@ -705,17 +720,6 @@ impl StreamWorker {
         Ok(())
     }
 
-    fn record_digest(&self, index: usize, mask: u64, pages: &[u8]) {
-        if let Ok(mut digest) = self.digest.lock() {
-            let mut bits = mask;
-            for data in pages.chunks_exact(PAGE) {
-                let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
-                digest.set(page as u32, data);
-                bits &= bits - 1;
-            }
-        }
-    }
-
     fn push(
         &mut self,
         missing: &[u64],
@@ -728,6 +732,7 @@ impl StreamWorker {
                 continue;
             }
             self.guest.copy_chunk(index, mask, pages);
+            record_digest(&self.digest, index, mask, pages);
             let (chunk, _) = self.encoder.encode(index as u32, mask, pages, false, true);
             self.send(&Msg::Chunk(chunk), frame)?;
         }

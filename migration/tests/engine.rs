@@ -301,6 +301,11 @@ fn postcopy_resumes_early_and_pages_arrive_by_push_and_request() {
     incoming.request(vec![0, 1, 2, 3]);
     let done = wait_done(&outgoing);
     assert_eq!(done.phase, "completed", "{done:?}");
+    assert_eq!(
+        done.source_verified,
+        Some(true),
+        "pushed pages count in the digest"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while DestGuest::missing(&*dst) > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
