@@ -18,6 +18,11 @@ pub fn page_hash(page: &[u8]) -> u32 {
     crc32fast::hash(page)
 }
 
+fn zero_hash() -> u32 {
+    static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| page_hash(&ZERO_PAGE))
+}
+
 /// Per-page hashes and their running sum.
 #[derive(Debug, Clone)]
 pub struct PageDigest {
@@ -28,7 +33,7 @@ pub struct PageDigest {
 impl PageDigest {
     /// The digest of `pages` zero pages.
     pub fn zeroed(pages: usize) -> PageDigest {
-        let zero = page_hash(&ZERO_PAGE);
+        let zero = zero_hash();
         let sum = (0..pages as u32).fold(0u64, |acc, p| acc.wrapping_add(mix(p, zero)));
         PageDigest {
             hashes: vec![zero; pages],
@@ -47,6 +52,29 @@ impl PageDigest {
                     .wrapping_add(mix(page, hash));
                 *old = hash;
             }
+        }
+    }
+
+    /// Records that `page` is all zero (without hashing it again).
+    pub fn set_zero(&mut self, page: u32) {
+        let zero = zero_hash();
+        if let Some(old) = self.hashes.get_mut(page as usize) {
+            if *old != zero {
+                self.sum = self
+                    .sum
+                    .wrapping_sub(mix(page, *old))
+                    .wrapping_add(mix(page, zero));
+                *old = zero;
+            }
+        }
+    }
+
+    /// Records `page`'s contents, skipping the hash for a zero page.
+    pub fn set_any(&mut self, page: u32, data: &[u8]) {
+        if crate::pages::is_zero(data) {
+            self.set_zero(page);
+        } else {
+            self.set(page, data);
         }
     }
 

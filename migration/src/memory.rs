@@ -191,9 +191,14 @@ impl Memory {
                 self.missing_count -= 1;
             }
             let digest = &mut self.digest;
+            let zero = op.kind == pages::Kind::Zero;
             pages::apply(std::slice::from_ref(op), buf, &mut self.bytes, |p, data| {
                 if let Some(d) = digest.as_mut() {
-                    d.set(p, data);
+                    if zero {
+                        d.set_zero(p);
+                    } else {
+                        d.set(p, data);
+                    }
                 }
             });
             written += 1;

@@ -634,7 +634,7 @@ fn record_digest(digest: &Mutex<PageDigest>, index: usize, mask: u64, pages: &[u
         let mut bits = mask;
         for data in pages.chunks_exact(PAGE) {
             let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
-            digest.set(page as u32, data);
+            digest.set_any(page as u32, data);
             bits &= bits - 1;
         }
     }

@@ -48,8 +48,14 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// ring, preferring AES-128-GCM: as safe for this purpose and about a third cheaper per byte
+/// than AES-256 (10 rounds instead of 14), which is what bounds a migration on a busy host.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// The destination's side: its certificate, client certificates required.

@@ -19,7 +19,7 @@
 //!   ownership switch committed.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use paddock_migration::pages::PageOp;
@@ -244,24 +244,18 @@ impl Guest {
 
 /// A guest shared between its step loop, its control socket and a migration.
 pub struct Shared {
-    pub guest: Mutex<Guest>,
+    /// parking_lot's lock: the step loop hands it over fairly (`unlock_fair`), so a guest
+    /// dirtying memory flat out cannot starve the migration threads copying it.
+    pub guest: parking_lot::Mutex<Guest>,
     /// Notified when post-copy pages arrive.
-    arrived: Condvar,
+    arrived: parking_lot::Condvar,
     pub outgoing: Mutex<Option<(u64, SourceHandle)>>,
     pub incoming: Mutex<Option<(u64, DestHandle)>>,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Guest> {
-        // A poisoned lock means a migration thread panicked mid-write: the guest cannot be
-        // trusted any more, so it stops here (the agent sees it crashed).
-        match self.guest.lock() {
-            Ok(guard) => guard,
-            Err(_) => {
-                eprintln!("guest state lock poisoned; halting");
-                std::process::exit(3);
-            }
-        }
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Guest> {
+        self.guest.lock()
     }
 }
 
@@ -344,6 +338,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Most pages dirtied under one hold of the guest lock.
+const STEP_SLICE: u64 = 256;
+
 /// Longest a post-copy guest waits for a page before it gives up (its source is gone).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -378,8 +375,8 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
         guest.fill_mixed(config.fill_mib);
     }
     let shared = Arc::new(Shared {
-        guest: Mutex::new(guest),
-        arrived: Condvar::new(),
+        guest: parking_lot::Mutex::new(guest),
+        arrived: parking_lot::Condvar::new(),
         outgoing: Mutex::new(None),
         incoming: Mutex::new(None),
     });
@@ -422,7 +419,8 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     // A slow guest ticks less often (up to every 100 ms), so thousands of idle guests do not
     // keep the host's cores busy waking up; the lease is checked before every step either way.
     let tick = tick_for(config.dirty_pages_per_sec);
-    let pages_per_tick = (config.dirty_pages_per_sec * tick.as_millis() as u64 / 1000).max(1);
+    let pages_per_tick =
+        (config.dirty_pages_per_sec * tick.as_millis() as u64 / 1000).clamp(1, 65_536);
     // The lease file only ever moves forward: re-read it only when the deadline seen last is
     // less than a second away (about once per renewal, not once per step).
     let mut seen_until: Option<u64> = None;
@@ -455,24 +453,34 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
             state = "fenced";
             break;
         }
-        let paused = {
+        let tick_started = Instant::now();
+        let throttle = shared.lock().throttle.min(99);
+        let mut left = pages_per_tick * u64::from(100 - throttle) / 100;
+        let mut paused = false;
+        // In slices, so a migration's page copies interleave with a busy guest, and the
+        // lease deadline is honoured within a slice.
+        while left > 0 {
+            if seen_until.is_none_or(|until| crate::liveness::monotonic_ns() >= until) {
+                break;
+            }
             let mut guest = shared.lock();
             if guest.paused {
-                true
-            } else {
-                let pages = pages_per_tick * u64::from(100 - guest.throttle.min(99)) / 100;
-                let missing = guest.missing_ahead(pages);
-                if missing.is_empty() {
-                    guest.step(pages);
-                    interval.end_ms = now_ms();
-                    stepped = true;
-                } else {
-                    drop(guest);
-                    fetch(&shared, missing)?;
-                }
-                false
+                paused = true;
+                break;
             }
-        };
+            let slice = left.min(STEP_SLICE);
+            let missing = guest.missing_ahead(slice);
+            if missing.is_empty() {
+                guest.step(slice);
+                parking_lot::MutexGuard::unlock_fair(guest);
+                left -= slice;
+                interval.end_ms = now_ms();
+                stepped = true;
+            } else {
+                drop(guest);
+                fetch(&shared, missing)?;
+            }
+        }
         if last_record.elapsed() >= RECORD_EVERY {
             last_record = Instant::now();
             if stepped {
@@ -485,7 +493,8 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
             // Waiting for the switch (or a rollback): short sleeps, the downtime is counted.
             std::thread::sleep(Duration::from_millis(1));
         } else {
-            std::thread::sleep(tick);
+            // A guest whose work overran its tick runs flat out.
+            std::thread::sleep(tick.saturating_sub(tick_started.elapsed()));
         }
     }
     // The interval ends at the last step taken (not now: a fenced guest may wake long after);
@@ -555,13 +564,9 @@ fn fetch(shared: &Shared, pages: Vec<u32>) -> std::io::Result<()> {
                 FETCH_TIMEOUT.as_secs()
             )));
         }
-        guest = match shared
+        shared
             .arrived
-            .wait_timeout(guest, left.min(Duration::from_millis(100)))
-        {
-            Ok((g, _)) => g,
-            Err(_) => return Err(std::io::Error::other("guest state lock poisoned")),
-        };
+            .wait_for(&mut guest, left.min(Duration::from_millis(100)));
     }
     Ok(())
 }

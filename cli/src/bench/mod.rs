@@ -1,6 +1,8 @@
 //! `paddock bench`: benchmarks on a fresh local cluster of real `paddockd` processes (gRPC,
 //! mutual TLS, fsync on). Figures go to docs/benchmarks.md; nothing here asserts a time.
 
+mod migration;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,6 +68,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Live migrations of memvm guests (idle, busy, flat out, bandwidth-limited, drain),
+    /// next to raw loopback TCP and TLS. Build with --release first.
+    Migration {
+        /// Migrations per scenario (back and forth).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Running 512 MiB guests on the drained node.
+        #[arg(long, default_value_t = 20)]
+        drain_vms: usize,
+        /// Only this scenario.
+        #[arg(long, value_parser = ["idle", "busy", "flat-out", "bandwidth", "drain"])]
+        only: Option<String>,
+    },
     /// Node memory with many keys, and the time a restarted node takes to be ready.
     State {
         #[arg(long, default_value_t = 100_000)]
@@ -94,6 +109,11 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             storage,
         } => state(keys, value_size, &storage).await,
         BenchCommand::FailoverVms { vms, runs } => failover_vms(vms, runs).await,
+        BenchCommand::Migration {
+            runs,
+            drain_vms,
+            only,
+        } => migration::run(runs, drain_vms, only).await,
         BenchCommand::Vms {
             vms,
             list_vms,
