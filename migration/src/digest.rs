@@ -55,6 +55,19 @@ impl PageDigest {
         }
     }
 
+    /// Records `page`'s hash, computed by the caller.
+    pub fn set_hash(&mut self, page: u32, hash: u32) {
+        if let Some(old) = self.hashes.get_mut(page as usize) {
+            if *old != hash {
+                self.sum = self
+                    .sum
+                    .wrapping_sub(mix(page, *old))
+                    .wrapping_add(mix(page, hash));
+                *old = hash;
+            }
+        }
+    }
+
     /// Records that `page` is all zero (without hashing it again).
     pub fn set_zero(&mut self, page: u32) {
         let zero = zero_hash();

@@ -3,6 +3,7 @@
 //! on a destination, the running [`PageDigest`] of what has arrived.
 
 use crate::digest::PageDigest;
+pub use crate::pages::Taken;
 use crate::pages::{self, PageOp};
 use crate::{CHUNK_PAGES, PAGE};
 
@@ -14,6 +15,8 @@ pub struct Memory {
     missing_count: usize,
     /// Kept while receiving a migration.
     digest: Option<PageDigest>,
+    /// Receiving: pages written since (the others are still the zeros they started as).
+    written: Vec<u64>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -40,6 +43,7 @@ impl Memory {
             missing: vec![0; chunks],
             missing_count: 0,
             digest: None,
+            written: Vec::new(),
         }
     }
 
@@ -107,34 +111,34 @@ impl Memory {
         self.dirty.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
-    /// Copies the dirty pages of chunk `index` into `out` (in page order) and clears their
-    /// dirty bits; returns which pages were copied.
-    pub fn take_chunk(&mut self, index: usize, out: &mut Vec<u8>) -> u64 {
-        out.clear();
-        let Some(word) = self.dirty.get_mut(index) else {
-            return 0;
-        };
-        let mask = std::mem::take(word);
-        let mut bits = mask;
-        while bits != 0 {
-            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
-            out.extend_from_slice(&self.bytes[page * PAGE..(page + 1) * PAGE]);
-            bits &= bits - 1;
-        }
-        mask
+    /// Takes the dirty pages of chunk `index`, clearing their dirty bits: the non-zero ones
+    /// are copied into `out` (in page order), the zero ones only flagged.
+    pub fn take_chunk(&mut self, index: usize, out: &mut Vec<u8>) -> Taken {
+        let mask = self.dirty.get_mut(index).map(std::mem::take).unwrap_or(0);
+        self.copy_chunk(index, mask, out)
     }
 
-    /// Copies the pages of chunk `index` selected by `mask` (no dirty bookkeeping).
-    pub fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) {
+    /// Copies the non-zero pages of chunk `index` selected by `mask` into `out` (no dirty
+    /// bookkeeping); zero pages are only flagged.
+    pub fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) -> Taken {
         out.clear();
+        let mut taken = Taken { mask: 0, zero: 0 };
         let mut bits = mask;
         while bits != 0 {
-            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
-            if let Some(data) = self.bytes.get(page * PAGE..(page + 1) * PAGE) {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            let page = index * CHUNK_PAGES + bit as usize;
+            let Some(data) = self.bytes.get(page * PAGE..(page + 1) * PAGE) else {
+                continue;
+            };
+            taken.mask |= 1 << bit;
+            if pages::is_zero(data) {
+                taken.zero |= 1 << bit;
+            } else {
                 out.extend_from_slice(data);
             }
-            bits &= bits - 1;
         }
+        taken
     }
 
     /// Takes the whole dirty log (one mask per chunk), clearing it.
@@ -146,6 +150,7 @@ impl Memory {
     /// A destination starts tracking the digest of what it receives.
     pub fn start_receiving(&mut self) {
         self.digest = Some(PageDigest::zeroed(self.pages()));
+        self.written = vec![0; self.chunks()];
     }
 
     pub fn received_digest(&self) -> Option<u64> {
@@ -177,9 +182,11 @@ impl Memory {
         self.missing_count
     }
 
-    /// Writes decoded pages. A post-copy page lands only if still missing (the guest may have
-    /// written the page since it was fetched); returns how many pages were written.
-    pub fn apply(&mut self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize {
+    /// Writes decoded pages, checking each against the source's crc32 of it (the same hash
+    /// feeds the received digest). A post-copy page lands only if still missing (the guest
+    /// may have written the page since it was fetched). Returns how many pages were written,
+    /// or which page arrived corrupted.
+    pub fn apply(&mut self, ops: &[PageOp], data: &[u8], postcopy: bool) -> Result<usize, String> {
         let mut written = 0;
         for op in ops {
             let page = op.page as usize;
@@ -190,20 +197,25 @@ impl Memory {
                 self.missing[page / CHUNK_PAGES] &= !(1 << (page % CHUNK_PAGES));
                 self.missing_count -= 1;
             }
-            let digest = &mut self.digest;
-            let zero = op.kind == pages::Kind::Zero;
-            pages::apply(std::slice::from_ref(op), buf, &mut self.bytes, |p, data| {
-                if let Some(d) = digest.as_mut() {
-                    if zero {
-                        d.set_zero(p);
-                    } else {
-                        d.set(p, data);
-                    }
-                }
-            });
+            let (word, bit) = (page / CHUNK_PAGES, 1u64 << (page % CHUNK_PAGES));
+            let known_zero = self.written.get(word).is_some_and(|w| w & bit == 0);
+            if let Some(w) = self.written.get_mut(word) {
+                *w |= bit;
+            }
+            let crc = pages::apply_one(op, data, &mut self.bytes, known_zero)
+                .ok_or_else(|| format!("page {page} is outside the guest"))?;
+            if crc != op.crc {
+                return Err(format!(
+                    "page {page} does not match the source's checksum after applying it ({crc:08x} ≠ {:08x}): data corrupted",
+                    op.crc
+                ));
+            }
+            if let Some(d) = self.digest.as_mut() {
+                d.set_hash(op.page, crc);
+            }
             written += 1;
         }
-        written
+        Ok(written)
     }
 
     /// FNV-1a over the whole memory: the checksum a stopped guest reports.
@@ -230,16 +242,18 @@ mod tests {
         memory.start_dirty_log();
         assert_eq!(memory.dirty_pages(), 256);
         let mut out = Vec::new();
-        assert_eq!(memory.take_chunk(0, &mut out), u64::MAX);
-        assert_eq!(out.len(), 64 * PAGE);
-        assert_eq!(out[3 * PAGE], b'x');
+        let taken = memory.take_chunk(0, &mut out);
+        assert_eq!(taken.mask, u64::MAX);
+        assert_eq!(taken.zero, !(1 << 3), "only page 3 is not zero");
+        assert_eq!(out.len(), PAGE);
+        assert_eq!(out[0], b'x');
         for chunk in 1..memory.chunks() {
             memory.take_chunk(chunk, &mut out);
         }
         assert_eq!(memory.dirty_pages(), 0);
         memory.write(70, 5, b"yz");
-        assert_eq!(memory.take_chunk(1, &mut out), 1 << 6);
+        assert_eq!(memory.take_chunk(1, &mut out).mask, 1 << 6);
         assert_eq!(&out[5..7], b"yz");
-        assert_eq!(memory.take_chunk(1, &mut out), 0, "taken");
+        assert_eq!(memory.take_chunk(1, &mut out).mask, 0, "taken");
     }
 }

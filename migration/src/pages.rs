@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::compress::{decompress, Chooser, Method};
-use crate::wire::Chunk;
+use crate::wire::{Chunk, ChunkRef};
 use crate::{CHUNK_PAGES, PAGE};
 
 /// How one page travels.
@@ -194,9 +194,92 @@ impl Encoder {
         }
     }
 
-    /// Encodes the pages of chunk `index` selected by `mask`, whose contents are in `pages`
-    /// (one [`PAGE`] each, in mask order). `reuse` pages go into the XOR cache (pages sent
-    /// again after the first pass: the ones likely to change again).
+    /// Encodes chunk `index` straight into a complete frame in `frame` (cleared first): the
+    /// pages of `taken.mask`, of which `taken.zero` are all zero and the others' contents are
+    /// in `pages` (one [`PAGE`] each, in mask order). `reuse` pages go into the XOR cache
+    /// (pages sent again after the first pass: the ones likely to change again). `crcs` gets
+    /// (page, crc32) of every non-zero page, for the sender's digest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_frame(
+        &mut self,
+        index: u32,
+        taken: Taken,
+        pages: &[u8],
+        reuse: bool,
+        postcopy: bool,
+        frame: &mut Vec<u8>,
+        crcs: &mut Vec<(u32, u32)>,
+    ) -> Result<EncodeStats, crate::wire::WireError> {
+        let mut stats = EncodeStats::default();
+        let count = taken.mask.count_ones() as usize;
+        let mut kinds = Vec::with_capacity(count);
+        let mut page_crcs = Vec::with_capacity(count);
+        crcs.clear();
+        self.payload.clear();
+        let mut data_pages = pages.chunks_exact(PAGE);
+        let mut bits = taken.mask;
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            let page = index * CHUNK_PAGES as u32 + bit;
+            stats.pages += 1;
+            if taken.zero & (1 << bit) != 0 {
+                kinds.push(Kind::Zero as u8);
+                page_crcs.push(zero_crc());
+                stats.zero += 1;
+                continue;
+            }
+            let Some(data) = data_pages.next() else {
+                break;
+            };
+            let crc = crate::digest::page_hash(data);
+            crcs.push((page, crc));
+            page_crcs.push(crc);
+            let mark = self.payload.len();
+            self.payload.extend_from_slice(&[0, 0]);
+            let delta = self
+                .cache
+                .get(page)
+                .is_some_and(|old| xor_delta(old, data, PAGE * 7 / 8, &mut self.payload));
+            if delta {
+                let len = (self.payload.len() - mark - 2) as u16;
+                self.payload[mark..mark + 2].copy_from_slice(&len.to_le_bytes());
+                kinds.push(Kind::Xor as u8);
+                stats.xor += 1;
+            } else {
+                self.payload.truncate(mark);
+                kinds.push(Kind::Raw as u8);
+                self.payload.extend_from_slice(data);
+            }
+            if reuse {
+                self.cache.put(page, data);
+            }
+        }
+        stats.raw_bytes = self.payload.len() as u64;
+        let method = self.chooser.compress(&self.payload, &mut self.packed);
+        frame.clear();
+        frame.extend_from_slice(&[0; 8]);
+        crate::wire::put_chunk_header(
+            frame,
+            index,
+            taken.mask,
+            method as u8,
+            postcopy,
+            self.payload.len() as u32,
+            &kinds,
+            &page_crcs,
+        );
+        let header = frame.len() - 8;
+        frame.extend_from_slice(match method {
+            Method::None => &self.payload,
+            _ => &self.packed,
+        });
+        crate::wire::seal(frame, 0, header)?;
+        Ok(stats)
+    }
+
+    /// [`Encoder::encode_frame`] for pages given in full (zero ones included), as an owned
+    /// chunk: for tests and the occasional page a post-copy destination asks for.
     pub fn encode(
         &mut self,
         index: u32,
@@ -205,55 +288,51 @@ impl Encoder {
         reuse: bool,
         postcopy: bool,
     ) -> (Chunk, EncodeStats) {
-        let mut stats = EncodeStats::default();
-        let mut kinds = Vec::with_capacity(mask.count_ones() as usize);
-        self.payload.clear();
-        for (i, data) in pages.chunks_exact(PAGE).enumerate() {
-            let bit = nth_set_bit(mask, i);
-            let page = index * CHUNK_PAGES as u32 + bit;
-            stats.pages += 1;
-            if is_zero(data) {
-                kinds.push(Kind::Zero as u8);
-                stats.zero += 1;
+        let mut taken = Taken { mask, zero: 0 };
+        let mut data = Vec::with_capacity(pages.len());
+        let mut bits = mask;
+        for page in pages.chunks_exact(PAGE) {
+            let bit = bits.trailing_zeros();
+            bits &= bits.wrapping_sub(1);
+            if is_zero(page) {
+                taken.zero |= 1 << bit;
             } else {
-                let mark = self.payload.len();
-                self.payload.extend_from_slice(&[0, 0]);
-                let delta = self
-                    .cache
-                    .get(page)
-                    .is_some_and(|old| xor_delta(old, data, PAGE * 7 / 8, &mut self.payload));
-                if delta {
-                    let len = (self.payload.len() - mark - 2) as u16;
-                    self.payload[mark..mark + 2].copy_from_slice(&len.to_le_bytes());
-                    kinds.push(Kind::Xor as u8);
-                    stats.xor += 1;
-                } else {
-                    self.payload.truncate(mark);
-                    kinds.push(Kind::Raw as u8);
-                    self.payload.extend_from_slice(data);
-                }
-            }
-            if reuse {
-                self.cache.put(page, data);
+                data.extend_from_slice(page);
             }
         }
-        stats.raw_bytes = self.payload.len() as u64;
-        let method = self.chooser.compress(&self.payload, &mut self.packed);
-        let payload = match method {
-            Method::None => self.payload.clone(),
-            _ => self.packed.clone(),
-        };
-        let chunk = Chunk {
-            index,
-            mask,
-            kinds,
-            compression: method as u8,
-            postcopy,
-            raw_len: self.payload.len() as u32,
-            payload,
+        let (mut frame, mut crcs) = (Vec::new(), Vec::new());
+        let stats = self
+            .encode_frame(index, taken, &data, reuse, postcopy, &mut frame, &mut crcs)
+            .unwrap_or_default();
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let chunk = match crate::wire::parse(&frame[8..], crc) {
+            Ok(crate::wire::Frame::Chunk(chunk)) => chunk.to_owned(),
+            _ => Chunk {
+                index,
+                mask: 0,
+                kinds: vec![],
+                crcs: vec![],
+                compression: 0,
+                postcopy,
+                raw_len: 0,
+                payload: vec![],
+            },
         };
         (chunk, stats)
     }
+}
+
+/// Pages taken from one chunk of guest memory: which (`mask`), and which of those are all zero
+/// (`zero`: sent as markers, never copied).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Taken {
+    pub mask: u64,
+    pub zero: u64,
+}
+
+fn zero_crc() -> u32 {
+    static ZERO: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(|| crate::digest::page_hash(&ZERO_PAGE))
 }
 
 /// The position of the `n`-th set bit of `mask`.
@@ -265,34 +344,41 @@ fn nth_set_bit(mask: u64, n: usize) -> u32 {
     m.trailing_zeros()
 }
 
-/// One page write of a decoded chunk; `data` ranges index the decoder's buffer.
+/// One page write of a decoded chunk; `start..end` index the decoded payload.
 #[derive(Debug, Clone, Copy)]
 pub struct PageOp {
     pub page: u32,
     pub kind: Kind,
     pub start: usize,
     pub end: usize,
+    /// crc32 of the page as it must be once applied.
+    pub crc: u32,
 }
 
-/// Decompresses and checks `chunk` for a guest of `total_pages`; the ops are then applied
-/// with [`apply`]. Every error names what is wrong; nothing is written on error.
-pub fn decode(
-    chunk: &Chunk,
+/// Decompresses (into `buf`, unless it was sent raw) and checks `chunk` for a guest of
+/// `total_pages`; returns the payload the ops index, to [`apply`]. Every error names what is
+/// wrong; nothing is written on error.
+pub fn decode<'a>(
+    chunk: &ChunkRef<'a>,
     total_pages: usize,
-    buf: &mut Vec<u8>,
+    buf: &'a mut Vec<u8>,
     ops: &mut Vec<PageOp>,
-) -> Result<(), String> {
+) -> Result<&'a [u8], String> {
     ops.clear();
     let method = Method::from_u8(chunk.compression)
         .ok_or_else(|| format!("unknown compression {}", chunk.compression))?;
     let raw_len = chunk.raw_len as usize;
-    if raw_len > CHUNK_PAGES * PAGE {
+    if raw_len > CHUNK_PAGES * PAGE * 2 {
         return Err(format!("chunk payload of {raw_len} bytes is too large"));
     }
-    decompress(method, &chunk.payload, raw_len, buf)?;
-    if chunk.kinds.len() != chunk.mask.count_ones() as usize {
-        return Err("page kinds do not match the page mask".into());
-    }
+    let data: &'a [u8] = match method {
+        Method::None if chunk.payload.len() == raw_len => chunk.payload,
+        Method::None => return Err("uncompressed payload length mismatch".into()),
+        _ => {
+            decompress(method, chunk.payload, raw_len, buf)?;
+            buf
+        }
+    };
     let mut at = 0;
     for (i, kind) in chunk.kinds.iter().enumerate() {
         let page = chunk.index as usize * CHUNK_PAGES + nth_set_bit(chunk.mask, i) as usize;
@@ -306,16 +392,16 @@ pub fn decode(
             1 => (Kind::Raw, PAGE),
             2 => {
                 // A delta is prefixed with its length (u16 LE).
-                let prefix = buf.get(at..at + 2).ok_or("XOR delta cut short")?;
+                let prefix = data.get(at..at + 2).ok_or("XOR delta cut short")?;
                 let len = usize::from(u16::from_le_bytes([prefix[0], prefix[1]]));
                 at += 2;
-                check_delta(buf.get(at..at + len).ok_or("XOR delta cut short")?)
+                check_delta(data.get(at..at + len).ok_or("XOR delta cut short")?)
                     .ok_or("malformed XOR delta")?;
                 (Kind::Xor, len)
             }
             other => return Err(format!("unknown page kind {other}")),
         };
-        if at + len > buf.len() {
+        if at + len > data.len() {
             return Err("chunk payload cut short".into());
         }
         ops.push(PageOp {
@@ -323,33 +409,37 @@ pub fn decode(
             kind,
             start: at,
             end: at + len,
+            crc: chunk.crc(i),
         });
         at += len;
     }
-    if at != buf.len() {
+    if at != data.len() {
         return Err("chunk payload has trailing bytes".into());
     }
-    Ok(())
+    Ok(data)
 }
 
-/// Writes the decoded pages into `memory`; calls `touched(page)` after each.
-pub fn apply(ops: &[PageOp], buf: &[u8], memory: &mut [u8], mut touched: impl FnMut(u32, &[u8])) {
-    for op in ops {
-        let at = op.page as usize * PAGE;
-        let Some(page) = memory.get_mut(at..at + PAGE) else {
-            continue;
-        };
-        match op.kind {
-            Kind::Zero => {
-                if !is_zero(page) {
-                    page.fill(0);
-                }
+/// Writes one decoded page into `memory` (the whole guest memory); `known_zero`: the page is
+/// known to be zero already (no need to look). Returns the page's crc32 after the write.
+pub fn apply_one(op: &PageOp, data: &[u8], memory: &mut [u8], known_zero: bool) -> Option<u32> {
+    let at = op.page as usize * PAGE;
+    let page = memory.get_mut(at..at + PAGE)?;
+    Some(match op.kind {
+        Kind::Zero => {
+            if !known_zero && !is_zero(page) {
+                page.fill(0);
             }
-            Kind::Raw => page.copy_from_slice(&buf[op.start..op.end]),
-            Kind::Xor => apply_delta(&buf[op.start..op.end], page),
+            zero_crc()
         }
-        touched(op.page, page);
-    }
+        Kind::Raw => {
+            page.copy_from_slice(&data[op.start..op.end]);
+            crate::digest::page_hash(page)
+        }
+        Kind::Xor => {
+            apply_delta(&data[op.start..op.end], page);
+            crate::digest::page_hash(page)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -377,6 +467,26 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// Frames `chunk`, parses it back and applies it, checking every page's crc32.
+    fn decode_and_apply(chunk: &Chunk, total: usize, memory: &mut [u8]) -> Result<(), String> {
+        let mut frame = Vec::new();
+        crate::wire::encode(&crate::wire::Msg::Chunk(chunk.clone()), &mut frame)
+            .map_err(|e| e.to_string())?;
+        let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let Ok(crate::wire::Frame::Chunk(parsed)) = crate::wire::parse(&frame[8..], crc) else {
+            return Err("not a chunk".into());
+        };
+        let (mut buf, mut ops) = (Vec::new(), Vec::new());
+        let data = decode(&parsed, total, &mut buf, &mut ops)?;
+        for op in &ops {
+            let crc = apply_one(op, data, memory, false).ok_or("outside the guest")?;
+            if crc != op.crc {
+                return Err(format!("page {} checksum mismatch", op.page));
+            }
+        }
+        Ok(())
+    }
+
     fn round_trip(
         pages: &[Vec<u8>],
         mask: u64,
@@ -385,9 +495,7 @@ mod tests {
     ) -> (Chunk, EncodeStats) {
         let data: Vec<u8> = pages.concat();
         let (chunk, stats) = encoder.encode(1, mask, &data, true, false);
-        let (mut buf, mut ops) = (Vec::new(), Vec::new());
-        decode(&chunk, 4 * CHUNK_PAGES, &mut buf, &mut ops).expect("decode");
-        apply(&ops, &buf, memory, |_, _| {});
+        decode_and_apply(&chunk, 4 * CHUNK_PAGES, memory).expect("decode");
         for (i, page) in pages.iter().enumerate() {
             let at = (CHUNK_PAGES + nth_set_bit(mask, i) as usize) * PAGE;
             assert_eq!(&memory[at..at + PAGE], &page[..]);
@@ -437,11 +545,8 @@ mod tests {
                 3 => { chunk.mask ^= u64::from(flip); }
                 _ => { let n = chunk.payload.len(); if n > 0 { chunk.payload[at % n] ^= flip; } }
             }
-            let (mut buf, mut ops) = (Vec::new(), Vec::new());
-            if decode(&chunk, CHUNK_PAGES, &mut buf, &mut ops).is_ok() {
-                let mut memory = vec![0u8; CHUNK_PAGES * PAGE];
-                apply(&ops, &buf, &mut memory, |_, _| {});
-            }
+            let mut memory = vec![0u8; CHUNK_PAGES * PAGE];
+            let _ = decode_and_apply(&chunk, CHUNK_PAGES, &mut memory);
         }
     }
 }

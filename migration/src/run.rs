@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::bucket::TokenBucket;
 use crate::destination::{negotiate, DestAction, DestEvent, DestPhase, Destination};
 use crate::digest::PageDigest;
-use crate::pages::{self, Encoder, PageOp};
+use crate::pages::{self, Encoder, PageOp, Taken};
 use crate::progress::Progress;
 use crate::source::{Params, RoundStats, Source, SourceAction, SourceEvent, SourcePhase};
 use crate::wire::{self, Channel, GuestCpu, Hello, Msg};
@@ -33,11 +33,12 @@ pub type BoxConn = Box<dyn Conn>;
 pub trait SourceGuest: Send + Sync {
     fn pages(&self) -> usize;
     fn start_dirty_log(&self);
-    /// Copies the pages of chunk `index` dirtied since they were last taken (all of them
-    /// after `start_dirty_log`), clearing their dirty bits; returns which were copied.
-    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> u64;
-    /// Copies the given pages of chunk `index` (post-copy; the guest is paused).
-    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>);
+    /// Takes the pages of chunk `index` dirtied since they were last taken (all of them
+    /// after `start_dirty_log`), clearing their dirty bits: non-zero ones copied into `out`,
+    /// zero ones only flagged (see [`crate::Memory::take_chunk`]).
+    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> Taken;
+    /// The same for the given pages, without dirty bookkeeping (post-copy; guest paused).
+    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) -> Taken;
     fn dirty_pages(&self) -> u64;
     /// Takes the whole dirty log (one mask per chunk).
     fn take_dirty_log(&self) -> Vec<u64>;
@@ -53,8 +54,9 @@ pub trait SourceGuest: Send + Sync {
 /// What the destination side needs of the incoming guest.
 pub trait DestGuest: Send + Sync {
     fn pages(&self) -> usize;
-    /// Writes decoded pages; a post-copy page only if still missing. Returns pages written.
-    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize;
+    /// Writes decoded pages, checking each against its crc32; a post-copy page only if still
+    /// missing. Returns pages written, or which page arrived corrupted.
+    fn apply(&self, ops: &[PageOp], data: &[u8], postcopy: bool) -> Result<usize, String>;
     /// The digest of what has been received.
     fn received_digest(&self) -> u64;
     fn set_missing(&self, pages: &[u32]);
@@ -380,6 +382,7 @@ impl SourceRun {
                 bucket: bucket.clone(),
                 digest: digest.clone(),
                 out: self.inputs.clone(),
+                crcs: Vec::new(),
             };
             std::thread::Builder::new()
                 .name(format!("migrate-stream-{i}"))
@@ -531,22 +534,40 @@ impl SourceRun {
                 *by_chunk.entry(page / CHUNK_PAGES).or_default() |= 1 << (page % CHUNK_PAGES);
             }
         }
-        let mut data = Vec::new();
+        let (mut data, mut frame, mut crcs) = (Vec::new(), Vec::new(), Vec::new());
         for (index, mask) in by_chunk {
-            self.guest.copy_chunk(index, mask, &mut data);
-            if let Some(digest) = &self.sent_digest {
-                record_digest(digest, index, mask, &data);
-            }
+            let taken = self.guest.copy_chunk(index, mask, &mut data);
             let Some(encoder) = self.encoder.as_mut() else {
                 return;
             };
-            let (chunk, stats) = encoder.encode(index as u32, mask, &data, false, true);
-            let bytes = chunk.payload.len() as u64;
+            let Ok(stats) = encoder.encode_frame(
+                index as u32,
+                taken,
+                &data,
+                false,
+                true,
+                &mut frame,
+                &mut crcs,
+            ) else {
+                continue;
+            };
+            if let Some(digest) = &self.sent_digest {
+                record_digest(digest, index, taken, &crcs);
+            }
             set(&self.progress, |p| {
-                p.bytes_sent += bytes;
+                p.bytes_sent += frame.len() as u64;
                 p.memory_sent += stats.pages * PAGE as u64;
             });
-            self.send_control(&Msg::Chunk(chunk));
+            let sent = self
+                .control
+                .as_mut()
+                .is_some_and(|conn| conn.write_all(&frame).and_then(|()| conn.flush()).is_ok());
+            if !sent {
+                let _ = self
+                    .inputs
+                    .send(SrcInput::StreamFailed("lost the control connection".into()));
+                return;
+            }
         }
     }
 
@@ -628,14 +649,17 @@ impl SourceRun {
     }
 }
 
-/// Records what is sent of chunk `index` in the sent-memory digest.
-fn record_digest(digest: &Mutex<PageDigest>, index: usize, mask: u64, pages: &[u8]) {
+/// Records what is sent of chunk `index` in the sent-memory digest: its zero pages, and the
+/// crc32 the encoder computed of each other page.
+fn record_digest(digest: &Mutex<PageDigest>, index: usize, taken: Taken, crcs: &[(u32, u32)]) {
     if let Ok(mut digest) = digest.lock() {
-        let mut bits = mask;
-        for data in pages.chunks_exact(PAGE) {
-            let page = index * CHUNK_PAGES + bits.trailing_zeros() as usize;
-            digest.set_any(page as u32, data);
-            bits &= bits - 1;
+        let mut zero = taken.zero;
+        while zero != 0 {
+            digest.set_zero((index * CHUNK_PAGES) as u32 + zero.trailing_zeros());
+            zero &= zero - 1;
+        }
+        for &(page, crc) in crcs {
+            digest.set_hash(page, crc);
         }
     }
 }
@@ -650,6 +674,7 @@ struct StreamWorker {
     bucket: Option<Arc<TokenBucket>>,
     digest: Arc<Mutex<PageDigest>>,
     out: Sender<SrcInput>,
+    crcs: Vec<(u32, u32)>,
 }
 
 impl StreamWorker {
@@ -674,6 +699,11 @@ impl StreamWorker {
     fn send(&mut self, msg: &Msg, frame: &mut Vec<u8>) -> Result<u64, wire::WireError> {
         frame.clear();
         wire::encode(msg, frame)?;
+        self.send_frame(frame)
+    }
+
+    /// Writes an encoded frame, paced by the bandwidth limit.
+    fn send_frame(&mut self, frame: &[u8]) -> Result<u64, wire::WireError> {
         if let Some(bucket) = &self.bucket {
             bucket.pace(frame.len());
         }
@@ -693,15 +723,21 @@ impl StreamWorker {
     ) -> Result<(), wire::WireError> {
         let (mut bytes, mut memory, mut data_pages, mut zero, mut xor) = (0, 0, 0, 0, 0);
         for index in (self.index..self.chunks).step_by(self.streams) {
-            let mask = self.guest.take_chunk(index, pages);
-            if mask == 0 {
+            let taken = self.guest.take_chunk(index, pages);
+            if taken.mask == 0 {
                 continue;
             }
-            record_digest(&self.digest, index, mask, pages);
-            let (chunk, stats) = self
-                .encoder
-                .encode(index as u32, mask, pages, round > 0, false);
-            bytes += self.send(&Msg::Chunk(chunk), frame)?;
+            let stats = self.encoder.encode_frame(
+                index as u32,
+                taken,
+                pages,
+                round > 0,
+                false,
+                frame,
+                &mut self.crcs,
+            )?;
+            record_digest(&self.digest, index, taken, &self.crcs);
+            bytes += self.send_frame(frame)?;
             memory += stats.pages * PAGE as u64;
             data_pages += stats.pages - stats.zero;
             zero += stats.zero;
@@ -731,10 +767,18 @@ impl StreamWorker {
             if mask == 0 {
                 continue;
             }
-            self.guest.copy_chunk(index, mask, pages);
-            record_digest(&self.digest, index, mask, pages);
-            let (chunk, _) = self.encoder.encode(index as u32, mask, pages, false, true);
-            self.send(&Msg::Chunk(chunk), frame)?;
+            let taken = self.guest.copy_chunk(index, mask, pages);
+            self.encoder.encode_frame(
+                index as u32,
+                taken,
+                pages,
+                false,
+                true,
+                frame,
+                &mut self.crcs,
+            )?;
+            record_digest(&self.digest, index, taken, &self.crcs);
+            self.send_frame(frame)?;
         }
         self.conn.flush()?;
         let _ = self.out.send(SrcInput::PushDone);
@@ -948,25 +992,26 @@ fn receive(
     let (mut frame, mut buf, mut ops) = (Vec::new(), Vec::new(), Vec::new());
     let total = guest.pages();
     loop {
-        let msg = match wire::read(&mut conn, &mut frame) {
-            Ok(msg) => msg,
+        let msg = match wire::read_frame(&mut conn, &mut frame) {
+            Ok(wire::Frame::Msg(msg)) => msg,
+            Ok(wire::Frame::Chunk(chunk)) => {
+                let applied = pages::decode(&chunk, total, &mut buf, &mut ops)
+                    .and_then(|data| guest.apply(&ops, data, chunk.postcopy));
+                if let Err(e) = applied {
+                    let _ = out.send(DstInput::Failed(format!("bad chunk {}: {e}", chunk.index)));
+                    return;
+                }
+                if chunk.postcopy && guest.missing() == 0 {
+                    let _ = out.send(DstInput::Arrived);
+                }
+                continue;
+            }
             Err(e) => {
                 let _ = out.send(DstInput::Failed(format!("receiving: {e}")));
                 return;
             }
         };
         let forwarded = match msg {
-            Msg::Chunk(chunk) => {
-                if let Err(e) = pages::decode(&chunk, total, &mut buf, &mut ops) {
-                    let _ = out.send(DstInput::Failed(format!("bad chunk {}: {e}", chunk.index)));
-                    return;
-                }
-                guest.apply(&ops, &buf, chunk.postcopy);
-                if chunk.postcopy && guest.missing() == 0 {
-                    let _ = out.send(DstInput::Arrived);
-                }
-                continue;
-            }
             Msg::RoundEnd { round } => match stream {
                 Some(stream) => DstInput::RoundEnd(stream, round),
                 None => continue,

@@ -5,10 +5,13 @@
 //!   body  = 0x00 postcard(Msg)        every message but page data
 //!         | 0x01 chunk                 page data, laid out by hand (the hot path)
 //!   chunk = index u32 | mask u64 | flags u8 (compression | postcopy << 4) | raw_len u32
-//!           | kinds [u8; popcount(mask)] | payload
+//!           | kinds [u8; n] | crc32 of each page once applied [u32; n] | payload
+//!           (n = popcount(mask); the frame checksum covers everything before the payload)
 //! ```
 //!
-//! Every frame is checksummed (a flipped bit is an error, never a wrong page), its length is
+//! Every frame is checksummed and every page too: the destination checks each page it applies
+//! against the source's crc32 of it — the same hash feeds the memory digest, so the payload is
+//! hashed once per side, not twice (a flipped bit is an error, never a wrong page). Lengths are
 //! bounded before anything is allocated, and a malformed body is an error: the decoder never
 //! panics (fuzzed in the tests below).
 
@@ -111,6 +114,8 @@ pub struct Chunk {
     pub mask: u64,
     /// Per page in `mask` order: [`crate::pages::Kind`] as u8.
     pub kinds: Vec<u8>,
+    /// Per page in `mask` order: crc32 of the page as it must be once applied.
+    pub crcs: Vec<u32>,
     /// [`crate::compress::Method`] as u8, applied to the whole payload.
     pub compression: u8,
     /// Sent in post-copy: the destination keeps it only if the page is still missing.
@@ -132,36 +137,77 @@ pub enum WireError {
     Malformed(String),
 }
 
+/// Writes the chunk header (tag to per-page checksums) of a chunk frame; the payload follows.
+#[allow(clippy::too_many_arguments)]
+pub fn put_chunk_header(
+    out: &mut Vec<u8>,
+    index: u32,
+    mask: u64,
+    compression: u8,
+    postcopy: bool,
+    raw_len: u32,
+    kinds: &[u8],
+    crcs: &[u32],
+) {
+    out.push(TAG_CHUNK);
+    out.extend_from_slice(&index.to_le_bytes());
+    out.extend_from_slice(&mask.to_le_bytes());
+    out.push(compression | (u8::from(postcopy) << 4));
+    out.extend_from_slice(&raw_len.to_le_bytes());
+    out.extend_from_slice(kinds);
+    for crc in crcs {
+        out.extend_from_slice(&crc.to_le_bytes());
+    }
+}
+
+/// Fills in the length and checksum of the frame that starts at `start` of `out` (its 8-byte
+/// header reserved); `checked` is how many body bytes the checksum covers.
+pub fn seal(out: &mut Vec<u8>, start: usize, checked: usize) -> Result<(), WireError> {
+    let len = out.len() - start - 8;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(WireError::TooLarge(len));
+    }
+    let crc = crc32fast::hash(&out[start + 8..start + 8 + checked.min(len)]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Bytes of a chunk body before its payload.
+fn chunk_header_len(pages: usize) -> usize {
+    1 + 17 + pages * 5
+}
+
 /// Encodes `msg` as one frame appended to `out`.
 pub fn encode(msg: &Msg, out: &mut Vec<u8>) -> Result<(), WireError> {
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
-    match msg {
+    let checked = match msg {
         Msg::Chunk(chunk) => {
-            out.push(TAG_CHUNK);
-            out.extend_from_slice(&chunk.index.to_le_bytes());
-            out.extend_from_slice(&chunk.mask.to_le_bytes());
-            out.push(chunk.compression | (u8::from(chunk.postcopy) << 4));
-            out.extend_from_slice(&chunk.raw_len.to_le_bytes());
-            out.extend_from_slice(&chunk.kinds);
+            put_chunk_header(
+                out,
+                chunk.index,
+                chunk.mask,
+                chunk.compression,
+                chunk.postcopy,
+                chunk.raw_len,
+                &chunk.kinds,
+                &chunk.crcs,
+            );
+            let header = out.len() - start - 8;
             out.extend_from_slice(&chunk.payload);
+            header
         }
         other => {
             out.push(TAG_MSG);
             let body = postcard::to_stdvec(other)
                 .map_err(|e| WireError::Malformed(format!("cannot encode: {e}")))?;
             out.extend_from_slice(&body);
+            usize::MAX
         }
-    }
-    let len = out.len() - start - 8;
-    if len > MAX_FRAME {
-        out.truncate(start);
-        return Err(WireError::TooLarge(len));
-    }
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    };
+    seal(out, start, checked)
 }
 
 /// Writes `msg` as one frame (one `write_all`, so frames from one writer never interleave).
@@ -172,8 +218,53 @@ pub fn write(stream: &mut impl Write, msg: &Msg, scratch: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
-/// Reads one frame; `buf` is reused between calls.
-pub fn read(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Msg, WireError> {
+/// A chunk as received, borrowing the frame buffer (no copy of the payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef<'a> {
+    pub index: u32,
+    pub mask: u64,
+    pub compression: u8,
+    pub postcopy: bool,
+    pub raw_len: u32,
+    pub kinds: &'a [u8],
+    crcs: &'a [u8],
+    pub payload: &'a [u8],
+}
+
+impl ChunkRef<'_> {
+    /// The source's checksum of the `i`-th page of the chunk (as it must be once applied).
+    pub fn crc(&self, i: usize) -> u32 {
+        self.crcs
+            .get(i * 4..i * 4 + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub fn to_owned(&self) -> Chunk {
+        Chunk {
+            index: self.index,
+            mask: self.mask,
+            kinds: self.kinds.to_vec(),
+            crcs: (0..self.kinds.len()).map(|i| self.crc(i)).collect(),
+            compression: self.compression,
+            postcopy: self.postcopy,
+            raw_len: self.raw_len,
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+/// One frame as read: a message, or a chunk borrowing the read buffer.
+#[derive(Debug)]
+pub enum Frame<'a> {
+    Msg(Msg),
+    Chunk(ChunkRef<'a>),
+}
+
+/// Reads one frame into `buf` (reused between calls) and checks it.
+pub fn read_frame<'a>(
+    stream: &mut impl Read,
+    buf: &'a mut Vec<u8>,
+) -> Result<Frame<'a>, WireError> {
     let mut header = [0u8; 8];
     stream.read_exact(&mut header)?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
@@ -184,51 +275,60 @@ pub fn read(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Msg, WireError>
     buf.clear();
     buf.resize(len, 0);
     stream.read_exact(buf)?;
-    if crc32fast::hash(buf) != crc {
-        return Err(WireError::Checksum);
-    }
-    decode_body(buf)
+    parse(buf, crc)
 }
 
-/// Decodes a frame body (checksum already verified).
-pub fn decode_body(body: &[u8]) -> Result<Msg, WireError> {
+/// Reads one frame as an owned message.
+pub fn read(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<Msg, WireError> {
+    Ok(match read_frame(stream, buf)? {
+        Frame::Msg(msg) => msg,
+        Frame::Chunk(chunk) => Msg::Chunk(chunk.to_owned()),
+    })
+}
+
+/// Checks and decodes a frame body. A chunk's checksum covers its header and per-page
+/// checksums; its pages are checked one by one once applied (see [`crate::memory`]).
+pub fn parse(body: &[u8], crc: u32) -> Result<Frame<'_>, WireError> {
     let malformed = |what: &str| WireError::Malformed(what.to_string());
     let (&tag, rest) = body.split_first().ok_or_else(|| malformed("empty frame"))?;
     match tag {
         TAG_MSG => {
+            if crc32fast::hash(body) != crc {
+                return Err(WireError::Checksum);
+            }
             let msg: Msg = postcard::from_bytes(rest)
                 .map_err(|e| WireError::Malformed(format!("bad message: {e}")))?;
-            if matches!(msg, Msg::Chunk(_)) {
-                return Err(malformed("chunk sent as a message"));
-            }
-            Ok(msg)
+            Ok(Frame::Msg(msg))
         }
         TAG_CHUNK => {
             if rest.len() < 17 {
                 return Err(malformed("chunk header cut short"));
             }
-            let index = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let mut mask_bytes = [0u8; 8];
             mask_bytes.copy_from_slice(&rest[4..12]);
             let mask = u64::from_le_bytes(mask_bytes);
-            let flags = rest[12];
-            let raw_len = u32::from_le_bytes([rest[13], rest[14], rest[15], rest[16]]);
             let count = mask.count_ones() as usize;
-            let rest = &rest[17..];
-            if rest.len() < count {
-                return Err(malformed("chunk page kinds cut short"));
+            let header = chunk_header_len(count);
+            if body.len() < header {
+                return Err(malformed("chunk page kinds or checksums cut short"));
             }
+            if crc32fast::hash(&body[..header]) != crc {
+                return Err(WireError::Checksum);
+            }
+            let flags = rest[12];
             if flags & 0xe0 != 0 {
                 return Err(malformed("unknown chunk flags"));
             }
-            Ok(Msg::Chunk(Chunk {
-                index,
+            let tables = &rest[17..];
+            Ok(Frame::Chunk(ChunkRef {
+                index: u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
                 mask,
-                kinds: rest[..count].to_vec(),
                 compression: flags & 0x0f,
                 postcopy: flags & 0x10 != 0,
-                raw_len,
-                payload: rest[count..].to_vec(),
+                raw_len: u32::from_le_bytes([rest[13], rest[14], rest[15], rest[16]]),
+                kinds: &tables[..count],
+                crcs: &tables[count..count * 5],
+                payload: &body[header..],
             }))
         }
         other => Err(WireError::Malformed(format!("unknown frame tag {other}"))),
@@ -262,6 +362,7 @@ mod tests {
                 index: 9,
                 mask: 0b1011,
                 kinds: vec![0, 1, 2],
+                crcs: vec![1, 2, 3],
                 compression: 1,
                 postcopy: true,
                 raw_len: 5000,
@@ -325,9 +426,10 @@ mod tests {
         // Whatever bytes arrive, the decoder answers Ok or Err: it never panics, and never
         // allocates more than MAX_FRAME.
         #[test]
-        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600), crc in any::<u32>()) {
             let _ = read(&mut bytes.as_slice(), &mut Vec::new());
-            let _ = decode_body(&bytes);
+            let _ = parse(&bytes, crc);
+            let _ = parse(&bytes, crc32fast::hash(&bytes));
         }
 
         // A valid frame with its body mutated at random: the checksum catches it, and the body
@@ -335,11 +437,14 @@ mod tests {
         #[test]
         fn mutated_frames_never_panic(at in 0usize..64, flip in 1u8..=255) {
             let mut bytes = Vec::new();
-            encode(&Msg::Chunk(Chunk { index: 1, mask: 0xff, kinds: vec![1; 8], compression: 2, postcopy: false, raw_len: 32768, payload: vec![5; 40] }), &mut bytes).expect("encode");
-            let at = 8 + at % (bytes.len() - 8);
+            encode(&Msg::Chunk(Chunk { index: 1, mask: 0xff, kinds: vec![1; 8], crcs: vec![9; 8], compression: 2, postcopy: false, raw_len: 32768, payload: vec![5; 40] }), &mut bytes).expect("encode");
+            // Anywhere in the header or the page checksums: the frame checksum catches it.
+            let header = 8 + chunk_header_len(8);
+            let at = 8 + at % (header - 8);
             bytes[at] ^= flip;
             prop_assert!(read(&mut bytes.as_slice(), &mut Vec::new()).is_err());
-            let crc = crc32fast::hash(&bytes[8..]);
+            // With the checksum recomputed, the decoder still answers without panicking.
+            let crc = crc32fast::hash(&bytes[8..header]);
             bytes[4..8].copy_from_slice(&crc.to_le_bytes());
             let _ = read(&mut bytes.as_slice(), &mut Vec::new());
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use paddock_migration::pages::PageOp;
+use paddock_migration::pages::{PageOp, Taken};
 use paddock_migration::run::{
     start_destination, start_source, Arrival, BoxConn, DestGuest, SourceConfig, SourceGuest,
 };
@@ -87,19 +87,19 @@ impl SourceGuest for TestGuest {
     fn start_dirty_log(&self) {
         self.state.lock().expect("lock").memory.start_dirty_log();
     }
-    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> u64 {
+    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> Taken {
         self.state
             .lock()
             .expect("lock")
             .memory
             .take_chunk(index, out)
     }
-    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) {
+    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) -> Taken {
         self.state
             .lock()
             .expect("lock")
             .memory
-            .copy_chunk(index, mask, out);
+            .copy_chunk(index, mask, out)
     }
     fn dirty_pages(&self) -> u64 {
         self.state.lock().expect("lock").memory.dirty_pages()
@@ -130,7 +130,7 @@ impl DestGuest for TestGuest {
     fn pages(&self) -> usize {
         self.state.lock().expect("lock").memory.pages()
     }
-    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize {
+    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> Result<usize, String> {
         self.state
             .lock()
             .expect("lock")

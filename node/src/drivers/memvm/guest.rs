@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use paddock_migration::pages::PageOp;
+use paddock_migration::pages::{PageOp, Taken};
 use paddock_migration::run::{
     start_destination, start_source, Arrival, BoxConn, DestGuest, DestHandle, SourceConfig,
     SourceGuest, SourceHandle,
@@ -266,11 +266,11 @@ impl SourceGuest for Shared {
     fn start_dirty_log(&self) {
         self.lock().memory.start_dirty_log();
     }
-    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> u64 {
+    fn take_chunk(&self, index: usize, out: &mut Vec<u8>) -> Taken {
         self.lock().memory.take_chunk(index, out)
     }
-    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) {
-        self.lock().memory.copy_chunk(index, mask, out);
+    fn copy_chunk(&self, index: usize, mask: u64, out: &mut Vec<u8>) -> Taken {
+        self.lock().memory.copy_chunk(index, mask, out)
     }
     fn dirty_pages(&self) -> u64 {
         self.lock().memory.dirty_pages()
@@ -304,7 +304,7 @@ impl DestGuest for Shared {
     fn pages(&self) -> usize {
         self.lock().memory.pages()
     }
-    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> usize {
+    fn apply(&self, ops: &[PageOp], buf: &[u8], postcopy: bool) -> Result<usize, String> {
         let written = self.lock().memory.apply(ops, buf, postcopy);
         if postcopy {
             self.arrived.notify_all();
