@@ -26,11 +26,14 @@ pub enum FaultKind {
     TwoHosts,
     /// A host killed, and the leader killed too just as it declares the host down.
     LeaderFailover,
+    /// A live migration started, and mid-transfer: its source or destination host killed or
+    /// paused, the leader killed, or the link cut (the destination guest killed).
+    Migration,
 }
 
 impl FaultKind {
     /// Every kind, in the order `--faults all` draws from.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Kill,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -42,6 +45,7 @@ impl FaultKind {
         FaultKind::HostIsolate,
         FaultKind::TwoHosts,
         FaultKind::LeaderFailover,
+        FaultKind::Migration,
     ];
 
     /// The host failures that outlast the down threshold (`--faults ha`).
@@ -71,8 +75,9 @@ impl FaultKind {
             "host-isolate" => Ok(FaultKind::HostIsolate),
             "two-hosts" => Ok(FaultKind::TwoHosts),
             "leader-failover" => Ok(FaultKind::LeaderFailover),
+            "migration" => Ok(FaultKind::Migration),
             other => Err(format!(
-                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all, membership, host-down, host-pause, host-isolate, two-hosts, leader-failover (or all, ha)"
+                "unknown fault {other:?}: use kill, pause, partition, slow, restart-all, membership, host-down, host-pause, host-isolate, two-hosts, leader-failover, migration (or all, ha)"
             )),
         }
     }
@@ -103,7 +108,7 @@ pub fn schedule(seed: u64, duration: Duration, kinds: &[FaultKind]) -> Vec<Plann
     while at + 2_000 < end {
         let kind = kinds[rng.usize(..kinds.len())];
         // Host failures outlast the down threshold (4.5 s by default) so failover happens.
-        let range = if kind.is_host_failure() {
+        let range = if kind.is_host_failure() || kind == FaultKind::Migration {
             7_000..=9_000
         } else {
             1_000..=4_000

@@ -32,7 +32,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Comma-separated: kill, pause, partition, slow (delays or resets), restart-all,
-        /// membership (remove a node under load, wipe it, join it again); `all` for every kind.
+        /// membership (remove a node under load, wipe it, join it again), host-down, host-pause, host-isolate, two-hosts, leader-failover, migration (a live migration hit mid-transfer: source or destination killed or paused, leader killed, link cut); `all` for every kind, `ha` for the host failures, `migrations` for migration faults only.
         #[arg(
             long,
             value_delimiter = ',',
@@ -169,7 +169,8 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
     }
 }
 
-/// Fault names from `--faults` (comma-separated, `all` for every kind).
+/// Fault names from `--faults` (comma-separated; `all` for every kind, `ha` for the host
+/// failures, `migrations` for migrations hit mid-transfer).
 fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
     let mut kinds = Vec::new();
     for name in names.iter().flat_map(|n| n.split(',')) {
@@ -177,6 +178,8 @@ fn parse_faults(names: &[String]) -> anyhow::Result<Vec<FaultKind>> {
             kinds.extend(FaultKind::ALL);
         } else if name == "ha" {
             kinds.extend(FaultKind::HA);
+        } else if name == "migrations" {
+            kinds.push(FaultKind::Migration);
         } else {
             kinds.push(FaultKind::parse(name).map_err(anyhow::Error::msg)?);
         }
@@ -225,6 +228,17 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "never".into())
         ));
+        if !vms.migrations.is_empty() {
+            summary.push_str(&format!(
+                "migrations: {}, problems: {}\n",
+                vms.migrations
+                    .iter()
+                    .map(|(phase, n)| format!("{n} {phase}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                vms.migration_problems.len()
+            ));
+        }
     }
     let mut details = String::new();
     for v in report
@@ -240,6 +254,7 @@ fn finish(dir: &std::path::Path, report: &Report) -> anyhow::Result<bool> {
                 .chain(&v.ran_twice)
                 .chain(&v.not_recovered)
                 .chain(&v.restarted_by_itself)
+                .chain(&v.migration_problems)
         }))
     {
         details.push_str(&format!("  {v}\n"));

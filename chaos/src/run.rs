@@ -95,6 +95,10 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
             "1MiB",
             "--memvm-dirty-rate",
             "100",
+            // Whole pages rewritten: a migration's working set is incompressible, so a
+            // bandwidth-limited transfer lasts long enough to be hit by a fault.
+            "--memvm-dirty-bytes",
+            "4096",
         ]
         .map(String::from)
         .to_vec(),
@@ -323,6 +327,7 @@ async fn apply_fault(
             recorder.fault(json!({"fault": "leader-failover", "action": "kill-leader", "nodes": [leader_name]}));
             Healing::RestartMany(vec![host, l])
         }
+        FaultKind::Migration => migration_fault(fault, cluster, leader, recorder).await,
         FaultKind::Slow if (fault.pick >> 24) % 2 == 1 => {
             // Lossy: the node's connections are reset now and then.
             for ((from, to), proxy) in proxies {
@@ -367,6 +372,121 @@ async fn apply_fault(
             Healing::Links
         }
     }
+}
+
+/// Starts a slow live migration of a running VM and, once it transfers, hits it: kills or
+/// pauses its source or destination host, kills the leader, or cuts the migration link (kills
+/// the destination guest, which resets the connection).
+async fn migration_fault(
+    fault: &PlannedFault,
+    cluster: &mut LocalCluster,
+    leader: Option<usize>,
+    recorder: &Recorder,
+) -> Healing {
+    let skip = |why: String| {
+        recorder.fault(json!({"fault": "migration", "action": "skipped", "error": why}));
+        Healing::Nothing
+    };
+    let Ok(mut client) = cluster.client(Duration::from_secs(5)) else {
+        return skip("no client".into());
+    };
+    let running: Vec<_> = match client.vm_list(false).await {
+        Ok(vms) => vms.into_iter().filter(|v| v.state == "running").collect(),
+        Err(e) => return skip(e.to_string()),
+    };
+    if running.is_empty() {
+        return skip("no running VM".into());
+    }
+    let vm = &running[(fault.pick % running.len() as u64) as usize];
+    let index = |name: &str| cluster.nodes.iter().position(|n| n.name == name);
+    let Some(source) = index(&vm.node) else {
+        return skip(format!("{} is on an unknown node", vm.name));
+    };
+    let n = cluster.nodes.len();
+    let dest = (source + 1 + ((fault.pick >> 4) % (n as u64 - 1)) as usize) % n;
+    let mode = ["auto", "precopy", "postcopy"][((fault.pick >> 12) % 3) as usize];
+    let request = paddock_api::pb::MigrationCreateRequest {
+        vm: vm.name.clone(),
+        to: cluster.nodes[dest].name.clone(),
+        mode: mode.into(),
+        bandwidth: 1 << 20,
+        max_downtime_ms: 100,
+        priority: 0,
+        request_id: None,
+    };
+    let id = match client.migration_create(request).await {
+        Ok(answer) => match answer.created.first() {
+            Some(c) => c.id,
+            None => return skip(format!("refused: {:?}", answer.refused)),
+        },
+        Err(e) => return skip(e.to_string()),
+    };
+    // Mid-transfer (or whatever phase it reached within 5 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut phase = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(m) = client.migration_get(id).await {
+            phase = m.phase;
+            if phase != "pending" && phase != "preparing" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let variant = [
+        "kill-source",
+        "kill-destination",
+        "kill-leader",
+        "pause-source",
+        "pause-destination",
+        "cut",
+    ][((fault.pick >> 20) % 6) as usize];
+    let all: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let names = |i: usize| all[i].clone();
+    let (healing, hit) = match variant {
+        "kill-source" => {
+            cluster.kill(source);
+            (Healing::Restart(source), names(source))
+        }
+        "kill-destination" => {
+            cluster.kill(dest);
+            (Healing::Restart(dest), names(dest))
+        }
+        "kill-leader" => {
+            let l = leader.unwrap_or(source);
+            cluster.kill(l);
+            (Healing::Restart(l), names(l))
+        }
+        "pause-source" => {
+            signal(cluster, source, rustix::process::Signal::STOP);
+            (Healing::Resume(source), names(source))
+        }
+        "pause-destination" => {
+            signal(cluster, dest, rustix::process::Signal::STOP);
+            (Healing::Resume(dest), names(dest))
+        }
+        _ => {
+            // The destination guest dies: the migration link is reset mid-transfer.
+            let guest = cluster.nodes[dest]
+                .data_dir
+                .join(format!("memvm/vms/{}/guest.json", vm.name));
+            let pid = std::fs::read(&guest)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["pid"].as_i64())
+                .and_then(|pid| rustix::process::Pid::from_raw(pid as i32));
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            (Healing::Nothing, names(dest))
+        }
+    };
+    recorder.fault(json!({
+        "fault": "migration", "action": "start", "variant": variant, "migration": id,
+        "vm": vm.name, "mode": mode, "phase": phase, "source": names(source),
+        "destination": names(dest), "nodes": [hit],
+    }));
+    healing
 }
 
 /// The directed links a partition cuts.

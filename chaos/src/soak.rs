@@ -182,7 +182,7 @@ fn totals(lines: &[RunLine]) -> String {
         String::new()
     } else {
         format!(
-            "VM runs: {}; ran twice: {}; HA recoveries: {} (median {} ms, worst {} ms); not recovered: {}; non-HA restarted by itself: {}; not converged: {}\n",
+            "VM runs: {}; ran twice: {}; HA recoveries: {} (median {} ms, worst {} ms); not recovered: {}; non-HA restarted by itself: {}; not converged: {}; migrations: {} ({} completed), migration problems: {}\n",
             vm_reports.len(),
             vm_reports.iter().map(|v| v.ran_twice.len()).sum::<usize>(),
             recoveries.len(),
@@ -193,6 +193,18 @@ fn totals(lines: &[RunLine]) -> String {
             vm_reports
                 .iter()
                 .map(|v| v.not_converged.len() + v.host_problems.len())
+                .sum::<usize>(),
+            vm_reports
+                .iter()
+                .flat_map(|v| v.migrations.values())
+                .sum::<usize>(),
+            vm_reports
+                .iter()
+                .filter_map(|v| v.migrations.get("completed"))
+                .sum::<usize>(),
+            vm_reports
+                .iter()
+                .map(|v| v.migration_problems.len())
                 .sum::<usize>(),
         )
     };

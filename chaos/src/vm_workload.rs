@@ -179,6 +179,10 @@ pub struct RunInterval {
     pub pid: u64,
     pub start_ms: u64,
     pub end_ms: u64,
+    /// The guest ended cleanly (stopped, fenced, migrated away) and wrote its last step's
+    /// time; otherwise it was killed and may have run up to 200 ms past `end_ms`.
+    #[serde(default)]
+    pub exact_end: bool,
 }
 
 /// What `vms_final.json` holds.
@@ -192,6 +196,24 @@ pub struct VmsFinal {
     /// How long after healing the observed states matched the desired ones (None: never,
     /// within the wait).
     pub settled_after_ms: Option<u64>,
+    /// Every live migration of the run, as the cluster ended them.
+    #[serde(default)]
+    pub migrations: Vec<MigrationEnd>,
+}
+
+/// How one live migration ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationEnd {
+    pub id: u64,
+    pub vm: String,
+    pub source: String,
+    pub destination: String,
+    pub mode: String,
+    pub phase: String,
+    pub error: String,
+    pub ended: bool,
+    pub source_verified: Option<bool>,
+    pub downtime_ms: Option<u64>,
 }
 
 /// Waits (up to `wait`) until every VM's observed state matches its desired state, then
@@ -203,7 +225,8 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
     let mut vms;
     loop {
         vms = client.vm_list(false).await?;
-        if vms.iter().all(settled) && hosts_match(cluster, &vms) {
+        let migrating = !client.migration_list(false).await?.is_empty();
+        if !migrating && vms.iter().all(settled) && hosts_match(cluster, &vms) {
             settled_after_ms = Some(started.elapsed().as_millis() as u64);
             break;
         }
@@ -229,11 +252,29 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
             reason: detail.map(|d| d.reason).unwrap_or_default(),
         });
     }
+    let migrations = client
+        .migration_list(true)
+        .await?
+        .into_iter()
+        .map(|m| MigrationEnd {
+            id: m.id,
+            vm: m.vm,
+            source: m.source,
+            destination: m.destination,
+            mode: m.mode,
+            phase: m.phase,
+            error: m.error,
+            ended: m.ended_ms > 0,
+            source_verified: m.source_verified,
+            downtime_ms: m.downtime_ms,
+        })
+        .collect();
     let report = VmsFinal {
         cluster: cluster_vms,
         hosts: host_guests(cluster),
         runs: run_intervals(cluster),
         settled_after_ms,
+        migrations,
     };
     std::fs::write(
         out.join("vms_final.json"),

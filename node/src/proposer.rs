@@ -19,7 +19,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use paddock_api::forward::{ForwardReply, ForwardRequest};
 use paddock_api::pb::raft_client::RaftClient;
 use paddock_api::pb::RaftMessage;
-use paddock_model::{codec, ClientRequest, Outcome, Proposal, Query, QueryResult, RequestId};
+use paddock_model::{
+    codec, ClientRequest, Command, Outcome, Proposal, Query, QueryResult, RequestId,
+};
 use paddock_raft::network::Routes;
 use paddock_raft::{NodeId, Raft, SharedState};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -228,6 +230,31 @@ impl Proposer {
                     let _ = tokio::time::timeout(wait, metrics.changed()).await;
                 }
             }
+        }
+    }
+
+    /// Proposes a decision of this node's own leadership (a node declared down, a migration
+    /// timed out): only while this node leads, and never forwarded. A deposed leader (one
+    /// that was paused, say) must not have its stale view committed by the next leader.
+    pub async fn write_as_leader(&self, command: Command) -> Result<Outcome, ProposeError> {
+        if self.leader().map(|(leader, _)| leader) != Some(self.node_id) {
+            return Err(ProposeError::NotLeader);
+        }
+        if let Err(rejection) = command.validate() {
+            return Ok(Err(rejection));
+        }
+        let request = ClientRequest {
+            id: Some(RequestId {
+                client: fastrand::u64(1..),
+                seq: 1,
+            }),
+            command,
+        };
+        match self.serve_as_leader(ForwardRequest::Write(request)).await? {
+            ForwardReply::Written(outcome) => Ok(outcome),
+            ForwardReply::Read(_) => Err(ProposeError::Internal(
+                "leader answered another request kind".into(),
+            )),
         }
     }
 

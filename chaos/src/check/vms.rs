@@ -31,6 +31,13 @@ pub struct VmReport {
     #[serde(default)]
     pub intervals: usize,
     pub settled_after_ms: Option<u64>,
+    /// Live migrations by how they ended.
+    #[serde(default)]
+    pub migrations: BTreeMap<String, usize>,
+    /// Migrations that never ended, or completed without the source's memory proven equal to
+    /// what the destination received.
+    #[serde(default)]
+    pub migration_problems: Vec<String>,
 }
 
 impl VmReport {
@@ -40,6 +47,7 @@ impl VmReport {
             && self.ran_twice.is_empty()
             && self.not_recovered.is_empty()
             && self.restarted_by_itself.is_empty()
+            && self.migration_problems.is_empty()
     }
 }
 
@@ -80,7 +88,35 @@ pub fn check(final_state: &VmsFinal) -> VmReport {
         recovery_ms: Vec::new(),
         intervals: final_state.runs.len(),
         settled_after_ms: final_state.settled_after_ms,
+        migrations: final_state
+            .migrations
+            .iter()
+            .fold(BTreeMap::new(), |mut by, m| {
+                *by.entry(m.phase.clone()).or_default() += 1;
+                by
+            }),
+        migration_problems: migration_problems(&final_state.migrations),
     }
+}
+
+/// Every migration ended; every completed one proved the destination's memory equal to the
+/// frozen source's (the digest checked before the switch, and the source's full pass after).
+pub fn migration_problems(migrations: &[crate::vm_workload::MigrationEnd]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for m in migrations {
+        if !m.ended {
+            problems.push(format!(
+                "migration {} of {} never ended (phase {})",
+                m.id, m.vm, m.phase
+            ));
+        } else if m.phase == "completed" && m.source_verified != Some(true) {
+            problems.push(format!(
+                "migration {} of {} ({}, {} → {}) completed without the memory proven intact (source verified: {:?})",
+                m.id, m.vm, m.mode, m.source, m.destination, m.source_verified
+            ));
+        }
+    }
+    problems
 }
 
 /// A host failure the harness injected: `node` stopped working at `wall_ms`.
@@ -181,8 +217,8 @@ pub fn ran_twice(runs: &[RunInterval]) -> Vec<String> {
     for (vm, runs) in by_vm {
         for (i, a) in runs.iter().enumerate() {
             for b in &runs[i + 1..] {
-                let overlap =
-                    a.start_ms < b.end_ms + END_SLACK_MS && b.start_ms < a.end_ms + END_SLACK_MS;
+                let slack = |r: &RunInterval| if r.exact_end { 0 } else { END_SLACK_MS };
+                let overlap = a.start_ms < b.end_ms + slack(b) && b.start_ms < a.end_ms + slack(a);
                 if a.node != b.node && overlap {
                     found.push(format!(
                         "{vm} ran on {} (epoch {}, {}–{} ms) and on {} (epoch {}, {}–{} ms) at once",
@@ -282,6 +318,7 @@ mod tests {
             pid: 1,
             start_ms,
             end_ms,
+            exact_end: false,
         }
     }
 
@@ -338,6 +375,44 @@ mod tests {
             1
         );
         assert!(ran_twice(&[run("c", "n1", 1, 0, 1000), run("c", "n2", 2, 1300, 2000)]).is_empty());
+        // A migrated-away source ended cleanly: its recorded end is exact, so a destination
+        // that started 15 ms later did not overlap; a killed one might have.
+        let mut source = run("m", "n1", 1, 0, 1000);
+        let destination = run("m", "n2", 2, 1015, 2000);
+        assert_eq!(ran_twice(&[source.clone(), destination.clone()]).len(), 1);
+        source.exact_end = true;
+        assert!(ran_twice(&[source.clone(), destination]).is_empty());
+        assert_eq!(ran_twice(&[source, run("m", "n2", 2, 999, 2000)]).len(), 1);
+    }
+
+    #[test]
+    fn migrations_must_end_and_completed_ones_must_prove_the_memory() {
+        let end = |id, phase: &str, ended, verified| crate::vm_workload::MigrationEnd {
+            id,
+            vm: "v".into(),
+            source: "n1".into(),
+            destination: "n2".into(),
+            mode: "auto".into(),
+            phase: phase.into(),
+            error: String::new(),
+            ended,
+            source_verified: verified,
+            downtime_ms: None,
+        };
+        assert!(migration_problems(&[
+            end(1, "completed", true, Some(true)),
+            end(2, "rolled_back", true, None)
+        ])
+        .is_empty());
+        assert_eq!(
+            migration_problems(&[
+                end(3, "completed", true, Some(false)),
+                end(4, "completed", true, None),
+                end(5, "transferring", false, None)
+            ])
+            .len(),
+            3
+        );
     }
 
     #[test]
@@ -350,6 +425,7 @@ mod tests {
             hosts: vec![guest("n1", "a", 3, true), guest("n2", "b", 4, false)],
             runs: vec![run("a", "n2", 1, 1000, 2000), run("a", "n1", 3, 2500, 9000)],
             settled_after_ms: Some(10),
+            migrations: Vec::new(),
         });
         assert!(report.valid(), "{report:?}");
     }
@@ -366,6 +442,7 @@ mod tests {
             hosts: Vec::new(),
             runs: Vec::new(),
             settled_after_ms: Some(1),
+            migrations: Vec::new(),
         });
         assert_eq!(report.not_converged.len(), 1, "{report:?}");
         assert!(report.not_converged[0].starts_with("h:"));
@@ -386,6 +463,7 @@ mod tests {
             ],
             runs: Vec::new(),
             settled_after_ms: None,
+            migrations: Vec::new(),
         });
         assert!(!report.valid());
         assert_eq!(report.not_converged.len(), 2, "{report:?}");

@@ -176,7 +176,7 @@ impl Worker {
                     }
                 }
             }
-            Phase::Switching if local.outcome_sent != Some(true) => {
+            _ if m.switched_ms.is_some() && local.outcome_sent != Some(true) => {
                 // The commit is in this replica: resume here even if the source never says so.
                 let vm = m.vm.clone();
                 self.blocking(move |d| d.migration_switch(&vm, true))
@@ -194,9 +194,12 @@ impl Worker {
     }
 
     async fn source(&self, m: &Migration, local: &mut Local) -> Result<(), DriverError> {
+        // Whether the ownership moved decides, not the phase's name: after the switch the
+        // source never resumes, whatever happens to the migration.
+        let switched = m.switched_ms.is_some();
         match m.phase {
             Phase::Transferring => self.transfer(m, local).await,
-            Phase::Switching => {
+            _ if switched => {
                 if local.outcome_sent != Some(true) {
                     let vm = m.vm.clone();
                     // The guest may already be gone (pre-copy done): nothing to tell then.

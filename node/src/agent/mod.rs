@@ -259,8 +259,9 @@ impl Agent {
                 .get(&instance.vm)
                 .is_some_and(|a| a.epoch == instance.epoch);
             let arriving = incoming.get(&instance.vm) == Some(&instance.epoch);
-            let leaving = outgoing.get(&instance.vm) == Some(&instance.epoch)
-                && !matches!(instance.state, InstanceState::Migrated);
+            // A migrated-away source stays until its migration is settled: its figures (and
+            // its memory check) are read from it first.
+            let leaving = outgoing.get(&instance.vm) == Some(&instance.epoch);
             if !current && (arriving || leaving) {
                 // Owned by a migration under way (the worker drives it).
                 continue;
@@ -327,6 +328,19 @@ impl Agent {
                 }
                 (Desired::Stopped, None) => (VmState::Stopped, None),
                 (_, Some(InstanceState::Migrated)) => continue,
+                (_, Some(InstanceState::Incoming)) => {
+                    // Assigned here at the epoch it was prepared for: the switch committed.
+                    // Tell it (again: the source or the worker may have already), so it never
+                    // waits on a source that is gone.
+                    let name = vm.clone();
+                    if let Err(e) = self
+                        .blocking(move |d| d.migration_switch(&name, true))
+                        .await
+                    {
+                        tracing::warn!(%vm, error = %e, "cannot tell an incoming VM it owns the VM now");
+                    }
+                    (VmState::Starting, None)
+                }
                 (_, Some(state)) => match state {
                     InstanceState::Starting | InstanceState::Incoming => (VmState::Starting, None),
                     InstanceState::Migrated => continue,

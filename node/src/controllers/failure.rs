@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paddock_model::{ClientRequest, Command, Health};
+use paddock_model::{Command, Health};
 use paddock_raft::{NodeId, Raft, SharedState};
 use tokio::sync::watch;
 
@@ -27,16 +27,30 @@ pub async fn run(
     election_max: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Silence is only evidence while this loop was watching: a process that was itself
+    // paused (SIGSTOP, a stalled VM) wakes to find every node "silent" for as long as it
+    // slept. After such a gap, silence counts from the moment it resumed.
+    let mut last_tick = Instant::now();
+    let mut watching_since = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
             _ = shutdown.changed() => return,
         }
+        let now = Instant::now();
+        let gap = now.duration_since(last_tick);
+        last_tick = now;
+        if gap > CHECK_EVERY * 5 {
+            tracing::warn!(
+                stalled_ms = gap.as_millis() as u64,
+                "this process stalled; node silence is counted from now"
+            );
+            watching_since = now;
+        }
         let metrics = raft.metrics().borrow().clone();
         if metrics.current_leader != Some(node_id) {
             continue;
         }
-        let now = Instant::now();
         let silent: Vec<(String, Duration)> = {
             let applied = shared.read();
             let settings = &applied.state.settings;
@@ -55,9 +69,10 @@ pub async fn run(
                 .values()
                 .filter(|n| n.health == Health::Ready && !n.maintenance)
                 .map(|n| {
+                    let silent = heard.silent_for(&n.name, metrics.current_term, now);
                     (
                         n.name.clone(),
-                        heard.silent_for(&n.name, metrics.current_term, now),
+                        silent.min(now.duration_since(watching_since)),
                     )
                 })
                 .filter(|(_, silent)| *silent > threshold)
@@ -65,12 +80,9 @@ pub async fn run(
         };
         for (name, silent) in silent {
             tracing::warn!(node = %name, silent_ms = silent.as_millis() as u64, "no heartbeat for longer than any lease: declaring the node down");
-            let request = ClientRequest {
-                id: None,
-                command: Command::NodeDown { name: name.clone() },
-            };
-            if let Err(e) = proposer.write(request).await {
-                tracing::warn!(node = %name, error = %e, "cannot commit the node down; retrying");
+            let command = Command::NodeDown { name: name.clone() };
+            if let Err(e) = proposer.write_as_leader(command).await {
+                tracing::warn!(node = %name, error = %e, "cannot commit the node down (no longer the leader?); will look again");
             }
         }
     }

@@ -69,8 +69,9 @@ pub fn figures(progress: &Progress) -> MigrationFigures {
     }
 }
 
+/// The controller's decisions hold only under this node's leadership: never forwarded.
 async fn propose(proposer: &Proposer, command: Command) -> Option<Outcome> {
-    match proposer.write(ClientRequest { id: None, command }).await {
+    match proposer.write_as_leader(command).await {
         Ok(outcome) => Some(outcome),
         Err(e) => {
             tracing::warn!(error = %e, "cannot propose a migration step; retrying");

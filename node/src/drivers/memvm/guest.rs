@@ -59,6 +59,10 @@ pub struct RunInterval {
     /// Wall-clock Unix milliseconds of the first and the latest guest step.
     pub start_ms: u64,
     pub end_ms: u64,
+    /// Written when the guest ended cleanly (stopped, fenced, migrated away): `end_ms` is its
+    /// last step. Otherwise the guest may have run up to [`RECORD_EVERY`] past `end_ms`.
+    #[serde(default)]
+    pub exact_end: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -414,6 +418,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
         pid,
         start_ms: now_ms(),
         end_ms: now_ms(),
+        exact_end: false,
     };
     let stop_path = config.dir.join("stop");
     // A slow guest ticks less often (up to every 100 ms), so thousands of idle guests do not
@@ -500,6 +505,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     // The interval ends at the last step taken (not now: a fenced guest may wake long after);
     // a guest that never stepped never ran.
     if stepped {
+        interval.exact_end = true;
         write_json(&run_path, &interval)?;
     }
     let guest = shared.lock();
