@@ -54,9 +54,26 @@ impl Reply {
     }
 }
 
+/// A path to `socket` that fits a socket address (108 bytes on Linux): the path itself when it
+/// is short, else the same file reached through `/proc/self/fd/N` of its directory, which the
+/// returned handle keeps open. (Data directories can be deep; a socket path must not be.)
+fn short_path(socket: &Path) -> std::io::Result<(Option<std::fs::File>, std::path::PathBuf)> {
+    use std::os::fd::AsRawFd;
+    if socket.as_os_str().len() < 100 {
+        return Ok((None, socket.to_path_buf()));
+    }
+    let (Some(dir), Some(name)) = (socket.parent(), socket.file_name()) else {
+        return Ok((None, socket.to_path_buf()));
+    };
+    let handle = std::fs::File::open(dir)?;
+    let path = Path::new(&format!("/proc/self/fd/{}", handle.as_raw_fd())).join(name);
+    Ok((Some(handle), path))
+}
+
 /// Sends one request to the guest listening at `socket`.
 pub fn call(socket: &Path, request: &Request) -> std::io::Result<Reply> {
-    let mut stream = UnixStream::connect(socket)?;
+    let (_dir, path) = short_path(socket)?;
+    let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
@@ -73,7 +90,8 @@ pub fn serve(
     handle: impl Fn(Request) -> Reply + Send + 'static,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    let (_dir, path) = short_path(socket)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -94,4 +112,21 @@ pub fn serve(
             }
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_in_deep_directories_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        let socket = deep.join("control.sock");
+        assert!(socket.as_os_str().len() > 108);
+        serve(&socket, |_| Reply::ok()).expect("serve");
+        let reply = call(&socket, &Request::Query).expect("call");
+        assert!(reply.ok);
+    }
 }
