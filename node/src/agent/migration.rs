@@ -24,8 +24,10 @@ use crate::controllers::migration::{figures, Board};
 use crate::drivers::{Driver, DriverError, MigrateRequest, MigrationRole, MigrationStatus};
 use crate::proposer::Proposer;
 
-/// How often open migrations are looked at (the switch latency adds to the downtime).
+/// How often open migrations are looked at; every [`FAST_TICK`] while one of this node's
+/// guests is paused for its switch (that latency adds to the downtime).
 const TICK: Duration = Duration::from_millis(10);
+const FAST_TICK: Duration = Duration::from_millis(1);
 /// How often progress goes to the leader.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 /// A step proposed without a definite answer is proposed again after this long.
@@ -47,6 +49,8 @@ struct Local {
     migrate_sent: bool,
     outcome_sent: Option<bool>,
     reported: Option<Instant>,
+    /// The source guest is paused for its stop-and-copy or switch: look again soon.
+    paused: bool,
 }
 
 impl Local {
@@ -66,11 +70,13 @@ impl Local {
 impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut local: HashMap<u64, Local> = HashMap::new();
+        let mut tick = TICK;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => return,
             }
+            tick = TICK;
             let (mine, host): (Vec<Migration>, Option<String>) = {
                 let applied = self.shared.read();
                 let state = &applied.state;
@@ -96,6 +102,9 @@ impl Worker {
                 };
                 if let Err(e) = result {
                     tracing::warn!(migration = m.id, vm = %m.vm, error = %e, "migration step failed; retrying");
+                }
+                if entry.paused {
+                    tick = FAST_TICK;
                 }
             }
         }
@@ -310,6 +319,7 @@ impl Worker {
             local.migrate_sent = false;
             return Ok(());
         };
+        local.paused = progress.counter_at_pause.is_some() && !progress.done;
         self.report(m.id, &progress, local).await;
         if progress.done {
             // The engine rolled back by itself (destination lost, bad digest, no convergence):

@@ -120,9 +120,12 @@ async fn watch_open(state: &ClusterState, proposer: &Proposer, board: &Board, si
     for m in state.migrations.values().filter(|m| m.phase.active()) {
         let age = Duration::from_millis(now_ms.saturating_sub(m.started_ms.unwrap_or(now_ms)));
         let report = board.get(m.id);
+        // Silent since the last report, but never longer than the migration has existed or
+        // this node has led (a transfer that just began has not reported yet).
         let silent = report
             .as_ref()
-            .map_or(since.elapsed(), |(_, age)| *age)
+            .map_or(Duration::MAX, |(_, age)| *age)
+            .min(age)
             .min(since.elapsed());
         let command = match m.phase {
             Phase::Preparing => {
