@@ -294,18 +294,48 @@ impl Driver for MemVm {
     }
 
     fn destroy(&self, vm: &str) -> Result<(), DriverError> {
-        if let Some(record) = self.record(vm) {
-            if guest_alive(record.pid, vm) {
+        let record = self.record(vm);
+        let killed = match &record {
+            Some(record) if guest_alive(record.pid, vm) => {
                 if let Some(pid) = rustix::process::Pid::from_raw(record.pid as i32) {
                     rustix::process::kill_process(pid, rustix::process::Signal::KILL)
                         .map_err(|e| err("cannot kill the guest", e))?;
                 }
+                true
             }
-        }
+            _ => false,
+        };
         if let Ok(mut children) = self.children.lock() {
             if let Some(mut child) = children.remove(vm) {
                 let _ = child.kill();
                 let _ = child.wait();
+            }
+        }
+        if let (true, Some(record)) = (killed, &record) {
+            // Gone for sure (an adopted guest is not our child: watch it go), so its run
+            // interval gets a sure end: its last step came before the kill, and no later than
+            // one record period (plus a tick) after its last record (a guest paused with its
+            // host stopped stepping long before it was killed).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while guest_alive(record.pid, vm) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if !guest_alive(record.pid, vm) {
+                let path = self
+                    .runs_dir()
+                    .join(format!("{vm}-{}-{}.json", record.epoch, record.pid));
+                // A guest that ended cleanly (migrated away, waiting to be destroyed) already
+                // wrote its exact last step: keep it.
+                if let Some(mut interval) = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<guest::RunInterval>(&b).ok())
+                    .filter(|i| !i.exact_end)
+                {
+                    let bound = interval.end_ms + guest::RECORD_EVERY.as_millis() as u64 + 100;
+                    interval.end_ms = now_ms().min(bound).max(interval.end_ms);
+                    interval.exact_end = true;
+                    let _ = write_json(&path, &interval);
+                }
             }
         }
         match std::fs::remove_dir_all(self.vm_dir(vm)) {
