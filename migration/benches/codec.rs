@@ -10,47 +10,7 @@ use paddock_migration::{Memory, PAGE};
 
 fn mixed(mib: u64) -> Memory {
     let mut memory = Memory::new(mib);
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut page = vec![0u8; PAGE];
-    const WORDS: &[&[u8]] = &[
-        b"the ",
-        b"kernel ",
-        b"page ",
-        b"cache ",
-        b"{\"id\": ",
-        b"value",
-        b"\n",
-        b"ERROR ",
-        b"INFO  ",
-        b"request ",
-        b"GET /api/v1/",
-        b"200 OK ",
-        b"user=",
-        b"0x7ffd",
-    ];
-    for p in 0..memory.pages() {
-        match p % 20 {
-            0..=6 => continue,
-            7..=11 => {
-                let mut at = 0;
-                while at < PAGE {
-                    let word = WORDS[rng.usize(..WORDS.len())];
-                    let n = word.len().min(PAGE - at);
-                    page[at..at + n].copy_from_slice(&word[..n]);
-                    at += n;
-                }
-            }
-            12..=16 => {
-                for (i, w) in page.chunks_exact_mut(16).enumerate() {
-                    w[..8].copy_from_slice(&((p * 256 + i) as u64).to_le_bytes());
-                    w[8..12].copy_from_slice(&(rng.u32(..1000)).to_le_bytes());
-                    w[12..].fill(0);
-                }
-            }
-            _ => rng.fill(&mut page),
-        }
-        memory.write(p, 0, &page);
-    }
+    memory.fill_mixed(mib, 7);
     memory
 }
 

@@ -82,15 +82,6 @@ impl PageDigest {
         }
     }
 
-    /// Records `page`'s contents, skipping the hash for a zero page.
-    pub fn set_any(&mut self, page: u32, data: &[u8]) {
-        if crate::pages::is_zero(data) {
-            self.set_zero(page);
-        } else {
-            self.set(page, data);
-        }
-    }
-
     pub fn value(&self) -> u64 {
         self.sum
     }

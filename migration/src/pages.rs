@@ -9,7 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::compress::{decompress, Chooser, Method};
-use crate::wire::{Chunk, ChunkRef};
+#[cfg(test)]
+use crate::wire::Chunk;
+use crate::wire::ChunkRef;
 use crate::{CHUNK_PAGES, PAGE};
 
 /// How one page travels.
@@ -279,7 +281,8 @@ impl Encoder {
     }
 
     /// [`Encoder::encode_frame`] for pages given in full (zero ones included), as an owned
-    /// chunk: for tests and the occasional page a post-copy destination asks for.
+    /// chunk (tests).
+    #[cfg(test)]
     pub fn encode(
         &mut self,
         index: u32,

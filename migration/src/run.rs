@@ -144,7 +144,6 @@ fn set<F: FnOnce(&mut Progress)>(progress: &Mutex<Progress>, f: F) {
 /// Connects every channel with a handshake; returns the agreed version.
 fn handshake(conn: &mut BoxConn, hello: Hello, scratch: &mut Vec<u8>) -> Result<u32, String> {
     wire::write(conn, &Msg::Hello(hello), scratch).map_err(|e| e.to_string())?;
-    conn.flush().map_err(|e| e.to_string())?;
     match wire::read(conn, scratch).map_err(|e| e.to_string())? {
         Msg::HelloAck { version } if PROTOCOL_VERSIONS.contains(&version) => Ok(version),
         Msg::HelloAck { version } => Err(format!("destination chose unknown version {version}")),
@@ -516,7 +515,7 @@ impl SourceRun {
         let Some(conn) = self.control.as_mut() else {
             return false;
         };
-        let sent = wire::write(conn, msg, &mut self.scratch).is_ok() && conn.flush().is_ok();
+        let sent = wire::write(conn, msg, &mut self.scratch).is_ok();
         if !sent && !matches!(msg, Msg::Abort { .. }) {
             let _ = self
                 .inputs
@@ -854,7 +853,7 @@ impl DestHandle {
             return false;
         };
         let mut scratch = Vec::new();
-        wire::write(conn, &Msg::PageRequest { pages }, &mut scratch).is_ok() && conn.flush().is_ok()
+        wire::write(conn, &Msg::PageRequest { pages }, &mut scratch).is_ok()
     }
 
     /// Tells the source the guest runs (downtime ends here).
@@ -863,7 +862,6 @@ impl DestHandle {
             if let Some(conn) = reply.as_mut() {
                 let mut scratch = Vec::new();
                 let _ = wire::write(conn, &Msg::Resumed, &mut scratch);
-                let _ = conn.flush();
             }
         }
     }
@@ -932,7 +930,6 @@ fn accept_all(
         let refuse = |conn: &mut BoxConn, reason: String| {
             let mut scratch = Vec::new();
             let _ = wire::write(conn, &Msg::Refused { reason }, &mut scratch);
-            let _ = conn.flush();
         };
         if hello.migration != migration
             || hello.page_size != PAGE as u32
@@ -959,9 +956,7 @@ fn accept_all(
                     continue;
                 };
                 let mut scratch = Vec::new();
-                if wire::write(&mut conn, &Msg::HelloAck { version }, &mut scratch).is_err()
-                    || conn.flush().is_err()
-                {
+                if wire::write(&mut conn, &Msg::HelloAck { version }, &mut scratch).is_err() {
                     continue;
                 }
                 match channel {
@@ -1084,8 +1079,7 @@ fn run_destination(
                 DestAction::Accept { version } => {
                     if let Some(mut conn) = control.take() {
                         let ok = wire::write(&mut conn, &Msg::HelloAck { version }, &mut scratch)
-                            .is_ok()
-                            && conn.flush().is_ok();
+                            .is_ok();
                         if ok {
                             let (guest, out) = (guest.clone(), tx.clone());
                             let _ = std::thread::Builder::new()
@@ -1103,7 +1097,6 @@ fn run_destination(
                             },
                             &mut scratch,
                         );
-                        let _ = conn.flush();
                     }
                     settle(Arrival::Discard(reason));
                 }
@@ -1115,7 +1108,6 @@ fn run_destination(
                     if let Ok(mut reply) = handle.reply.lock() {
                         if let Some(conn) = reply.as_mut() {
                             let _ = wire::write(conn, &Msg::Verdict { ok, detail }, &mut scratch);
-                            let _ = conn.flush();
                         }
                     }
                 }

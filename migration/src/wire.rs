@@ -210,11 +210,13 @@ pub fn encode(msg: &Msg, out: &mut Vec<u8>) -> Result<(), WireError> {
     seal(out, start, checked)
 }
 
-/// Writes `msg` as one frame (one `write_all`, so frames from one writer never interleave).
+/// Writes `msg` as one frame (one `write_all`, so frames from one writer never interleave) and
+/// flushes it: a message is always meant to go now.
 pub fn write(stream: &mut impl Write, msg: &Msg, scratch: &mut Vec<u8>) -> Result<(), WireError> {
     scratch.clear();
     encode(msg, scratch)?;
     stream.write_all(scratch)?;
+    stream.flush()?;
     Ok(())
 }
 

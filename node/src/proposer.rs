@@ -394,7 +394,7 @@ async fn run_batcher(
 }
 
 /// The proposer's wall clock, stamped into each proposal (apply never reads a clock).
-fn wall_clock_ms() -> u64 {
+pub(crate) fn wall_clock_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -154,3 +154,46 @@ macro_rules! until {
         }
     }};
 }
+
+/// A started 3-node cluster of memvm hosts (8 CPUs and 4 GiB each, plus `memvm` flags) with
+/// every node registered in the inventory.
+pub async fn memvm_cluster(memvm: &[&str]) -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
+    let (dir, mut cluster) = cluster(spec(3))?;
+    for node in &mut cluster.nodes {
+        node.extra_args
+            .extend(["--cpus", "8", "--memory", "4GiB"].map(String::from));
+        node.extra_args.extend(memvm.iter().map(|s| s.to_string()));
+    }
+    cluster.start_all()?;
+    cluster.wait_for_leader(WAIT).await?;
+    let mut client = cluster.client(WAIT)?;
+    until!(
+        "3 nodes registered",
+        Ok(client.node_list(false).await?.len() == 3)
+    );
+    Ok((dir, cluster))
+}
+
+/// `name` as `vm list` shows it.
+pub async fn vm_summary(
+    client: &mut Client,
+    name: &str,
+) -> anyhow::Result<paddock_api::pb::VmSummary> {
+    Ok(client
+        .vm_get(name, false)
+        .await?
+        .summary
+        .unwrap_or_default())
+}
+
+/// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end),
+/// oldest first.
+pub fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
+    let mut runs: Vec<_> = paddock_chaos::vm_workload::run_intervals(cluster)
+        .into_iter()
+        .filter(|r| r.vm == vm)
+        .map(|r| (r.node, r.epoch, r.start_ms, r.end_ms))
+        .collect();
+    runs.sort_by_key(|r| r.2);
+    runs
+}

@@ -9,31 +9,10 @@ use std::time::{Duration, Instant};
 use paddock_api::client::Client;
 use paddock_api::pb;
 use paddock_cli::local_cluster::LocalCluster;
-use paddock_tests::{cluster, serial, spec, until, WAIT};
+use paddock_tests::{cluster, intervals, memvm_cluster, serial, spec, until, vm_summary, WAIT};
 
 async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
-    let (dir, mut cluster) = cluster(spec(3))?;
-    for node in &mut cluster.nodes {
-        node.extra_args.extend(
-            [
-                "--cpus",
-                "8",
-                "--memory",
-                "4GiB",
-                "--memvm-working-set",
-                "1MiB",
-            ]
-            .map(String::from),
-        );
-    }
-    cluster.start_all()?;
-    cluster.wait_for_leader(WAIT).await?;
-    let mut client = cluster.client(WAIT)?;
-    until!(
-        "3 nodes registered",
-        Ok(client.node_list(false).await?.len() == 3)
-    );
-    Ok((dir, cluster))
+    memvm_cluster(&["--memvm-working-set", "1MiB"]).await
 }
 
 fn on_n3(ha: bool) -> pb::VmSpec {
@@ -47,11 +26,7 @@ fn on_n3(ha: bool) -> pb::VmSpec {
 }
 
 async fn vm(client: &mut Client, name: &str) -> anyhow::Result<pb::VmSummary> {
-    Ok(client
-        .vm_get(name, false)
-        .await?
-        .summary
-        .unwrap_or_default())
+    vm_summary(client, name).await
 }
 
 /// `name`'s state in `paddock node list` (empty if it is not listed).
@@ -63,16 +38,6 @@ async fn node_state(client: &mut Client, name: &str) -> anyhow::Result<String> {
         .find(|n| n.name == name)
         .map(|n| n.state)
         .unwrap_or_default())
-}
-
-/// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end),
-/// oldest first.
-fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
-    paddock_chaos::vm_workload::run_intervals(cluster)
-        .into_iter()
-        .filter(|r| r.vm == vm)
-        .map(|r| (r.node, r.epoch, r.start_ms, r.end_ms))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,34 +8,11 @@ use std::time::Duration;
 use paddock_api::client::Client;
 use paddock_api::pb;
 use paddock_cli::local_cluster::LocalCluster;
-use paddock_tests::{cluster, serial, spec, until, WAIT};
+use paddock_tests::{intervals, memvm_cluster, serial, until, vm_summary, WAIT};
 
 /// Guests rewrite whole pages (incompressible), so a bandwidth cap makes a transfer slow.
 async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
-    let (dir, mut cluster) = cluster(spec(3))?;
-    for node in &mut cluster.nodes {
-        node.extra_args.extend(
-            [
-                "--cpus",
-                "8",
-                "--memory",
-                "4GiB",
-                "--memvm-working-set",
-                "8MiB",
-                "--memvm-dirty-bytes",
-                "4096",
-            ]
-            .map(String::from),
-        );
-    }
-    cluster.start_all()?;
-    cluster.wait_for_leader(WAIT).await?;
-    let mut client = cluster.client(WAIT)?;
-    until!(
-        "3 nodes registered",
-        Ok(client.node_list(false).await?.len() == 3)
-    );
-    Ok((dir, cluster))
+    memvm_cluster(&["--memvm-working-set", "8MiB", "--memvm-dirty-bytes", "4096"]).await
 }
 
 fn on(node: &str, ha: bool) -> pb::VmSpec {
@@ -49,11 +26,7 @@ fn on(node: &str, ha: bool) -> pb::VmSpec {
 }
 
 async fn vm(client: &mut Client, name: &str) -> anyhow::Result<pb::VmSummary> {
-    Ok(client
-        .vm_get(name, false)
-        .await?
-        .summary
-        .unwrap_or_default())
+    vm_summary(client, name).await
 }
 
 async fn running_on(client: &mut Client, name: &str, node: &str) -> anyhow::Result<bool> {
@@ -89,17 +62,6 @@ async fn ended(client: &mut Client, id: u64) -> anyhow::Result<pb::MigrationInfo
         Ok(last.ended_ms > 0)
     });
     Ok(last)
-}
-
-/// Run intervals of `vm` on every node: (node, epoch, start, end), oldest first.
-fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
-    let mut runs: Vec<_> = paddock_chaos::vm_workload::run_intervals(cluster)
-        .into_iter()
-        .filter(|r| r.vm == vm)
-        .map(|r| (r.node, r.epoch, r.start_ms, r.end_ms))
-        .collect();
-    runs.sort_by_key(|r| r.2);
-    runs
 }
 
 /// No two intervals of `vm` overlap: it never ran on two nodes at once.

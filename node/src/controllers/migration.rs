@@ -116,7 +116,7 @@ pub async fn run(
 
 /// Fails migrations that stall, closes switched ones whose source went quiet.
 async fn watch_open(state: &ClusterState, proposer: &Proposer, board: &Board, since: Instant) {
-    let now_ms = paddock_model_now_ms();
+    let now_ms = crate::proposer::wall_clock_ms();
     for m in state.migrations.values().filter(|m| m.phase.active()) {
         let age = Duration::from_millis(now_ms.saturating_sub(m.started_ms.unwrap_or(now_ms)));
         let report = board.get(m.id);
@@ -163,13 +163,6 @@ async fn watch_open(state: &ClusterState, proposer: &Proposer, board: &Board, si
             propose(proposer, command).await;
         }
     }
-}
-
-fn paddock_model_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Starts pending migrations while the limits allow, highest priority first.
@@ -221,7 +214,7 @@ async fn start_pending(state: &ClusterState, proposer: &Proposer) {
             Some(Ok(_)) => {
                 tracing::info!(migration = m.id, vm = %m.vm, from = %m.source, to = %destination, "migration started");
                 planned.apply(&paddock_model::Proposal {
-                    at_ms: paddock_model_now_ms(),
+                    at_ms: crate::proposer::wall_clock_ms(),
                     requests: vec![ClientRequest { id: None, command }],
                 });
                 *per_node.entry(m.source.clone()).or_default() += 1;

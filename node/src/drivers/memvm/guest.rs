@@ -194,53 +194,6 @@ impl Guest {
         self.device_state[slot + 8..slot + 16].copy_from_slice(&(page as u64).to_le_bytes());
     }
 
-    /// Fills `mib` MiB with mixed content: about 35 % zero, 25 % text-like, 25 % structured
-    /// and 15 % random pages (the mix of a real guest's memory).
-    pub fn fill_mixed(&mut self, mib: u64) {
-        let pages = ((mib as usize) << 20) / PAGE;
-        let mut rng = fastrand::Rng::with_seed(7);
-        let mut page = vec![0u8; PAGE];
-        const WORDS: &[&[u8]] = &[
-            b"the ",
-            b"kernel ",
-            b"page ",
-            b"cache ",
-            b"{\"id\": ",
-            b"value",
-            b"\n",
-            b"ERROR ",
-            b"INFO  ",
-            b"request ",
-            b"GET /api/v1/",
-            b"200 OK ",
-            b"user=",
-            b"0x7ffd",
-        ];
-        for p in 0..pages.min(self.memory.pages()) {
-            match p % 20 {
-                0..=6 => continue,
-                7..=11 => {
-                    let mut at = 0;
-                    while at < PAGE {
-                        let word = WORDS[rng.usize(..WORDS.len())];
-                        let n = word.len().min(PAGE - at);
-                        page[at..at + n].copy_from_slice(&word[..n]);
-                        at += n;
-                    }
-                }
-                12..=16 => {
-                    for (i, w) in page.chunks_exact_mut(16).enumerate() {
-                        w[..8].copy_from_slice(&((p * 256 + i) as u64).to_le_bytes());
-                        w[8..12].copy_from_slice(&(rng.u32(..1000)).to_le_bytes());
-                        w[12..].fill(0);
-                    }
-                }
-                _ => rng.fill(&mut page),
-            }
-            self.memory.write(p, 0, &page);
-        }
-    }
-
     pub fn checksum(&self) -> u64 {
         self.memory.checksum()
     }
@@ -376,7 +329,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
         guest.memory.populate();
         guest.memory.start_receiving();
     } else if config.fill_mib > 0 {
-        guest.fill_mixed(config.fill_mib);
+        guest.memory.fill_mixed(config.fill_mib, 7);
     }
     let shared = Arc::new(Shared {
         guest: parking_lot::Mutex::new(guest),
@@ -523,7 +476,7 @@ pub fn run(config: &GuestConfig) -> std::io::Result<GuestStatus> {
     write_json(&status_path, &status)?;
     if state == "migrated" {
         // The figures stay readable for the agent until it destroys this guest.
-        wait_for_destroy(&shared, &stop_path);
+        wait_for_destroy(&stop_path);
     }
     Ok(status)
 }
@@ -542,7 +495,7 @@ fn migrated_away(shared: &Shared) -> bool {
 
 /// A migrated-away guest keeps answering its control socket until it is destroyed or asked
 /// to stop (at most a minute).
-fn wait_for_destroy(_shared: &Shared, stop: &Path) {
+fn wait_for_destroy(stop: &Path) {
     let until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < until && !stop.exists() {
         std::thread::sleep(Duration::from_millis(50));
