@@ -82,6 +82,13 @@ pub struct Flags {
     /// libvirt connection URI for --driver libvirt [default: qemu:///system].
     #[arg(long, env = "PADDOCK_LIBVIRT_URI")]
     pub libvirt_uri: Option<String>,
+    /// How a source's libvirtd reaches this node's for live migration; `{host}` is this
+    /// node's host [default: qemu+tls://{host}/system].
+    #[arg(long, env = "PADDOCK_LIBVIRT_MIGRATE_URI")]
+    pub libvirt_migrate_uri: Option<String>,
+    /// QEMU's TLS for libvirt migration streams, true or false [default: true].
+    #[arg(long, env = "PADDOCK_LIBVIRT_MIGRATE_TLS")]
+    pub libvirt_migrate_tls: Option<bool>,
     /// vCPUs this node offers to VMs [default: the host's].
     #[arg(long, env = "PADDOCK_CPUS")]
     pub cpus: Option<u32>,
@@ -133,6 +140,8 @@ struct FileConfig {
     fencing: Option<String>,
     watchdog_device: Option<PathBuf>,
     libvirt_uri: Option<String>,
+    libvirt_migrate_uri: Option<String>,
+    libvirt_migrate_tls: Option<bool>,
     cpus: Option<u32>,
     memory: Option<String>,
     disk: Option<String>,
@@ -157,6 +166,9 @@ pub struct HostConfig {
     /// `Some(device)` with `--fencing watchdog`.
     pub watchdog: Option<PathBuf>,
     pub libvirt_uri: String,
+    /// `{host}` stands for the destination node's host.
+    pub libvirt_migrate_uri: String,
+    pub libvirt_migrate_tls: bool,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
     pub disk_mib: Option<u64>,
@@ -389,6 +401,14 @@ impl NodeConfig {
                 .libvirt_uri
                 .or(file.libvirt_uri)
                 .unwrap_or_else(|| "qemu:///system".to_string()),
+            libvirt_migrate_uri: flags
+                .libvirt_migrate_uri
+                .or(file.libvirt_migrate_uri)
+                .unwrap_or_else(|| "qemu+tls://{host}/system".to_string()),
+            libvirt_migrate_tls: flags
+                .libvirt_migrate_tls
+                .or(file.libvirt_migrate_tls)
+                .unwrap_or(true),
             cpus,
             memory_mib: size("--memory", flags.memory.or(file.memory))?,
             disk_mib: size("--disk", flags.disk.or(file.disk))?,

@@ -331,6 +331,10 @@ fn open_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Driver>> {
         #[cfg(feature = "libvirt")]
         DriverKind::Libvirt => Ok(Arc::new(crate::drivers::libvirt::Libvirt::open(
             &config.host.libvirt_uri,
+            crate::drivers::libvirt::migration::MigrationConfig {
+                peer_uri: config.host.libvirt_migrate_uri.clone(),
+                tls: config.host.libvirt_migrate_tls,
+            },
         )?)),
         #[cfg(not(feature = "libvirt"))]
         DriverKind::Libvirt => anyhow::bail!(

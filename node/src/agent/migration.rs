@@ -175,7 +175,9 @@ impl Worker {
                 let vm = m.vm.clone();
                 if let Some(ready) = self.blocking(move |d| d.incoming_ready(&vm)).await? {
                     if local.due("prepared") {
-                        let address = format!("{}:{}", host.unwrap_or("127.0.0.1"), ready.port);
+                        let address = ready.address.unwrap_or_else(|| {
+                            format!("{}:{}", host.unwrap_or("127.0.0.1"), ready.port)
+                        });
                         self.propose(Command::MigrationPrepared {
                             id: m.id,
                             address,
@@ -278,6 +280,7 @@ impl Worker {
                     max_downtime_ms: m.options.max_downtime_ms,
                     bandwidth,
                     streams: settings.migration_streams as u16,
+                    target_epoch: m.target_epoch,
                 }
             };
             let vm = m.vm.clone();

@@ -267,7 +267,16 @@ impl Agent {
                 continue;
             }
             if current && instance.state == InstanceState::Migrated {
-                // Migrated away; this replica has not applied the switch yet. Never restart.
+                if leaving {
+                    // Migrated away; this replica has not applied the switch yet. Never
+                    // restart it.
+                    continue;
+                }
+                // The hypervisor finished a migration whose switch never committed (libvirt
+                // completes by itself; see drivers/libvirt/migration.rs): a dead shell. The
+                // destination drops its paused copy; the VM starts again here.
+                tracing::warn!(vm = %instance.vm, epoch = instance.epoch, "migrated away without a switch; starting it again from its disks");
+                self.blocking(move |d| d.destroy(&instance.vm)).await?;
                 continue;
             }
             if current && *first_pass && matches!(instance.state, InstanceState::Crashed(_)) {

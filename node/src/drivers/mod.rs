@@ -48,6 +48,9 @@ pub struct MigrateRequest {
     pub max_downtime_ms: u64,
     pub bandwidth: Option<u64>,
     pub streams: u16,
+    /// The epoch the VM gets at the destination once switched.
+    #[serde(default)]
+    pub target_epoch: u64,
 }
 
 /// Which side of a migration a VM on this host is.
@@ -67,9 +70,12 @@ pub struct MigrationStatus {
 }
 
 /// Published by a destination once its incoming VM listens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingReady {
     pub port: u16,
+    /// Published instead of `host:port` when the source reaches the destination some other
+    /// way (libvirt: the destination's libvirtd URI).
+    pub address: Option<String>,
     pub prepare_ms: u64,
 }
 

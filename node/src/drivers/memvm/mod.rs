@@ -369,6 +369,7 @@ impl Driver for MemVm {
             serde_json::from_slice(&text).map_err(|e| err("unreadable incoming.json", e))?;
         Ok(Some(IncomingReady {
             port: ready.port,
+            address: None,
             prepare_ms: ready.prepare_ms,
         }))
     }

@@ -1,0 +1,736 @@
+//! The libvirt driver (cargo feature `libvirt`, crate `virt`): one persistent domain per VM,
+//! named after it, defined from the spec. Paddock marks its domains with a description
+//! `paddock-epoch:N` (the assignment epoch) and leaves every other domain on the host alone.
+//!
+//! All calls block; the agent runs them on `spawn_blocking`. Domain state is polled on every
+//! agent pass (libvirt's event loop is not wired in yet), so a crash shows within a pass.
+//!
+//! Disks: a disk with an image is attached as a file (`qcow2` for `*.qcow2`, else raw); disks
+//! without an image count for placement but are not created (storage pools are not managed
+//! yet). Live migration: see [`migration`].
+
+pub mod migration;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use paddock_model::VmSpec;
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainShutoffReason, DomainState, DomainStateReason};
+use virt::enumutil::Enum;
+use virt::sys;
+
+use self::migration::{MigrationConfig, Outgoing};
+use super::{
+    Driver, DriverError, IncomingReady, Instance, InstanceState, MigrateRequest, MigrationRole,
+    MigrationStatus,
+};
+
+const EPOCH_MARK: &str = "paddock-epoch:";
+const INCOMING_MARK: &str = "paddock-incoming:";
+
+pub struct Libvirt {
+    uri: String,
+    conn: Mutex<Connect>,
+    migration: MigrationConfig,
+    /// Outgoing migrations by VM (kept after they end, for their figures).
+    outgoing: Mutex<HashMap<String, Arc<Outgoing>>>,
+    /// Incoming migrations prepared here: VM → the address published for the source.
+    incoming: Mutex<HashMap<String, String>>,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError(format!("{context}: {e}"))
+}
+
+impl Libvirt {
+    /// Connects to `uri` (e.g. `qemu:///system`, `test:///default`).
+    pub fn open(uri: &str, migration: MigrationConfig) -> Result<Libvirt, DriverError> {
+        // libvirt prints every error to stderr by default; ours are returned and logged.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|e| {
+            err(
+                &format!("cannot connect to libvirt at {uri} (is libvirtd running, and may this user use it?)"),
+                e,
+            )
+        })?;
+        Ok(Libvirt {
+            uri: uri.to_string(),
+            conn: Mutex::new(conn),
+            migration,
+            outgoing: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn with_conn<T>(
+        &self,
+        call: impl FnOnce(&Connect) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| DriverError("the libvirt connection lock is poisoned".into()))?;
+        call(&conn)
+    }
+
+    /// The domain type libvirt should run: `test` for the test driver, `kvm` where /dev/kvm
+    /// exists, else `qemu` (TCG).
+    fn domain_type(&self) -> &'static str {
+        if self.uri.starts_with("test:") {
+            "test"
+        } else if std::path::Path::new("/dev/kvm").exists() {
+            "kvm"
+        } else {
+            "qemu"
+        }
+    }
+}
+
+/// What Paddock writes in the description of its domains: `paddock-epoch:N`, and on a
+/// migration's destination until its switch ` paddock-incoming:M`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marks {
+    /// The assignment epoch the domain runs for.
+    pub epoch: u64,
+    /// The migration bringing it here, until its switch committed.
+    pub incoming: Option<u64>,
+}
+
+impl Marks {
+    pub fn parse(description: &str) -> Option<Marks> {
+        let mut words = description.split_whitespace();
+        let epoch = words.next()?.strip_prefix(EPOCH_MARK)?.parse().ok()?;
+        let incoming = match words.next() {
+            None => None,
+            Some(word) => Some(word.strip_prefix(INCOMING_MARK)?.parse().ok()?),
+        };
+        Some(Marks { epoch, incoming })
+    }
+
+    pub fn render(&self) -> String {
+        match self.incoming {
+            None => format!("{EPOCH_MARK}{}", self.epoch),
+            Some(m) => format!("{EPOCH_MARK}{} {INCOMING_MARK}{m}", self.epoch),
+        }
+    }
+}
+
+/// Paddock's marks on a domain, or `None` for domains that are not Paddock's.
+fn marks_of(domain: &Domain) -> Option<Marks> {
+    let description = domain
+        .metadata(sys::VIR_DOMAIN_METADATA_DESCRIPTION as i32, None, 0)
+        .ok()?;
+    Marks::parse(&description)
+}
+
+fn epoch_of(domain: &Domain) -> Option<u64> {
+    marks_of(domain).map(|m| m.epoch)
+}
+
+/// A domain's XML with its description replaced by `marks` (what a migration's destination
+/// defines).
+pub fn incoming_xml(source_xml: &str, marks: Marks) -> Result<String, DriverError> {
+    let (open, close) = ("<description>", "</description>");
+    let start = source_xml.find(open);
+    let end = start.and_then(|s| source_xml[s..].find(close).map(|e| s + e + close.len()));
+    let (Some(start), Some(end)) = (start, end) else {
+        return Err(DriverError(
+            "the domain XML has no description: is this domain Paddock's?".into(),
+        ));
+    };
+    Ok(format!(
+        "{}{open}{}{close}{}",
+        &source_xml[..start],
+        marks.render(),
+        &source_xml[end..]
+    ))
+}
+
+fn xml_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// Domain XML for `vm` at `epoch`.
+pub fn domain_xml(domain_type: &str, vm: &str, epoch: u64, spec: &VmSpec) -> String {
+    let mut disks = String::new();
+    let targets = ["vda", "vdb", "vdc", "vdd", "vde", "vdf", "vdg", "vdh"];
+    for (disk, target) in spec
+        .disks
+        .iter()
+        .filter_map(|d| d.image.as_ref())
+        .zip(targets)
+    {
+        let format = if disk.ends_with(".qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        disks.push_str(&format!(
+            "    <disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='{target}' bus='virtio'/></disk>\n",
+            xml_escape(disk)
+        ));
+    }
+    format!(
+        "<domain type='{domain_type}'>
+  <name>{}</name>
+  <description>{EPOCH_MARK}{epoch}</description>
+  <memory unit='MiB'>{}</memory>
+  <vcpu>{}</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <on_crash>preserve</on_crash>
+  <devices>
+{disks}    <console type='pty'/>
+  </devices>
+</domain>
+",
+        xml_escape(vm),
+        spec.memory_mib,
+        spec.cpus
+    )
+}
+
+fn state_of(domain: &Domain, marks: Marks) -> Result<InstanceState, DriverError> {
+    if marks.incoming.is_some() {
+        return Ok(InstanceState::Incoming);
+    }
+    let (state, reason) = domain
+        .state()
+        .map_err(|e| err("cannot read the domain state", e))?;
+    Ok(match state {
+        Enum::Known(DomainState::Running | DomainState::Blocked | DomainState::Paused) => {
+            InstanceState::Running
+        }
+        Enum::Known(DomainState::Shutdown) => InstanceState::Stopping,
+        Enum::Known(DomainState::Shutoff) => match reason {
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(DomainShutoffReason::Migrated))) => {
+                InstanceState::Migrated
+            }
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                DomainShutoffReason::Crashed | DomainShutoffReason::Failed,
+            ))) => InstanceState::Crashed("the domain crashed or failed to start".into()),
+            _ => InstanceState::Stopped,
+        },
+        Enum::Known(DomainState::Crashed) => InstanceState::Crashed("the domain crashed".into()),
+        _ => InstanceState::Starting,
+    })
+}
+
+impl Driver for Libvirt {
+    fn name(&self) -> &'static str {
+        "libvirt"
+    }
+
+    fn list(&self) -> Result<Vec<Instance>, DriverError> {
+        self.with_conn(|conn| {
+            let domains = conn
+                .list_all_domains(0)
+                .map_err(|e| err("cannot list domains", e))?;
+            let mut instances = Vec::new();
+            for domain in domains {
+                let Some(marks) = marks_of(&domain) else {
+                    continue;
+                };
+                instances.push(Instance {
+                    vm: domain
+                        .name()
+                        .map_err(|e| err("cannot read a domain name", e))?,
+                    epoch: marks.epoch,
+                    state: state_of(&domain, marks)?,
+                });
+            }
+            instances.sort_by(|a, b| a.vm.cmp(&b.vm));
+            Ok(instances)
+        })
+    }
+
+    fn start(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<(), DriverError> {
+        let xml = domain_xml(self.domain_type(), vm, epoch, spec);
+        self.with_conn(|conn| {
+            if let Ok(existing) = conn.lookup_domain_by_name(vm) {
+                match epoch_of(&existing) {
+                    Some(e) if e == epoch => {}
+                    Some(_) => {
+                        // An older assignment's definition: replace it.
+                        if existing.is_active().unwrap_or(false) {
+                            existing
+                                .destroy()
+                                .map_err(|e| err("cannot destroy the old domain", e))?;
+                        }
+                        existing
+                            .undefine()
+                            .map_err(|e| err("cannot undefine the old domain", e))?;
+                    }
+                    None => {
+                        return Err(DriverError(format!(
+                            "a domain named {vm} exists on this host and is not Paddock's; rename or remove it"
+                        )))
+                    }
+                }
+            }
+            let domain = conn
+                .define_domain_xml(&xml)
+                .map_err(|e| err("cannot define the domain", e))?;
+            if !domain.is_active().unwrap_or(false) {
+                domain
+                    .create()
+                    .map_err(|e| err("cannot start the domain", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn stop(&self, vm: &str) -> Result<(), DriverError> {
+        self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm}"), e))?;
+            if domain.is_active().unwrap_or(false) {
+                domain
+                    .shutdown()
+                    .map_err(|e| err("cannot shut the domain down", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn destroy(&self, vm: &str) -> Result<(), DriverError> {
+        self.with_conn(|conn| {
+            let Ok(domain) = conn.lookup_domain_by_name(vm) else {
+                return Ok(());
+            };
+            if epoch_of(&domain).is_none() {
+                return Err(foreign(vm));
+            }
+            remove(&domain)
+        })?;
+        lock(&self.outgoing).remove(vm);
+        lock(&self.incoming).remove(vm);
+        Ok(())
+    }
+
+    fn prepare_incoming(
+        &self,
+        vm: &str,
+        epoch: u64,
+        _spec: &VmSpec,
+        migration: u64,
+        listen_host: &str,
+    ) -> Result<(), DriverError> {
+        // The definition comes with the migration, from the source; only make room for it.
+        self.with_conn(|conn| {
+            let Ok(existing) = conn.lookup_domain_by_name(vm) else {
+                return Ok(());
+            };
+            match marks_of(&existing) {
+                None => Err(foreign(vm)),
+                Some(marks) if marks.epoch == epoch && marks.incoming == Some(migration) => Ok(()),
+                // Left from an earlier assignment or migration: it must not run here anyway.
+                Some(_) => remove(&existing),
+            }
+        })?;
+        lock(&self.incoming).insert(vm.to_string(), self.migration.peer_uri_for(listen_host));
+        Ok(())
+    }
+
+    fn incoming_ready(&self, vm: &str) -> Result<Option<IncomingReady>, DriverError> {
+        Ok(lock(&self.incoming).get(vm).map(|address| IncomingReady {
+            port: 0,
+            address: Some(address.clone()),
+            prepare_ms: 0,
+        }))
+    }
+
+    fn migrate_out(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
+        if let Some(running) = lock(&self.outgoing).get(vm) {
+            if running.migration == request.migration {
+                return Ok(());
+            }
+            if !running.settled() {
+                return Err(DriverError(format!(
+                    "{vm} is already migrating (migration {})",
+                    running.migration
+                )));
+            }
+        }
+        let (domain, xml) = self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
+            if marks.incoming.is_some() {
+                return Err(DriverError(format!("{vm} is itself still arriving here")));
+            }
+            match state_of(&domain, marks)? {
+                InstanceState::Running => {}
+                InstanceState::Migrated => return Err(DriverError(format!(
+                    "libvirt already moved {vm} away but this paddockd lost track of it before its switch (restarted?); the paused copy at the destination is discarded and the VM starts again from its disks"
+                ))),
+                other => return Err(DriverError(format!(
+                    "{vm} is {other:?} here: only running VMs migrate live"
+                ))),
+            }
+            let xml = domain
+                .xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE | sys::VIR_DOMAIN_XML_SECURE)
+                .map_err(|e| err("cannot read the domain XML", e))?;
+            Ok((domain, xml))
+        })?;
+        let marks = Marks {
+            epoch: request.target_epoch,
+            incoming: Some(request.migration),
+        };
+        let plan = migration::plan(request, &self.migration, incoming_xml(&xml, marks)?)?;
+        let job = Outgoing::start(
+            vm,
+            request.migration,
+            domain,
+            request.to.clone(),
+            plan,
+            request.max_downtime_ms,
+        )?;
+        lock(&self.outgoing).insert(vm.to_string(), job);
+        Ok(())
+    }
+
+    fn migration_status(&self, vm: &str) -> Result<MigrationStatus, DriverError> {
+        if let Some(job) = self.outgoing_of(vm) {
+            return Ok(MigrationStatus {
+                role: MigrationRole::Source,
+                migration: Some(job.migration),
+                progress: Some(job.progress()),
+            });
+        }
+        self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
+            Ok(MigrationStatus {
+                role: if marks.incoming.is_some() {
+                    MigrationRole::Destination
+                } else {
+                    MigrationRole::None
+                },
+                migration: marks.incoming,
+                progress: None,
+            })
+        })
+    }
+
+    fn migration_switch(&self, vm: &str, committed: bool) -> Result<(), DriverError> {
+        if let Some(job) = self.outgoing_of(vm) {
+            return job.switch(committed);
+        }
+        if !committed {
+            // A destination whose switch was refused: the agent removes the copy.
+            return Ok(());
+        }
+        self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
+            if marks.incoming.is_none() {
+                return Ok(());
+            }
+            // While libvirt still receives it, its incoming job is active (resuming would
+            // wait on that job's lock): wait for the job to end instead.
+            let arriving = domain
+                .job_stats(0)
+                .is_ok_and(|job| job.r#type != sys::VIR_DOMAIN_JOB_NONE as i32);
+            if arriving {
+                return Err(DriverError(format!(
+                    "{vm} is still arriving; it resumes once libvirt has delivered it"
+                )));
+            }
+            let (state, _) = domain
+                .state()
+                .map_err(|e| err("cannot read the domain state", e))?;
+            match state {
+                Enum::Known(DomainState::Paused) => domain
+                    .resume()
+                    .map_err(|e| err("cannot resume the migrated domain", e))?,
+                Enum::Known(DomainState::Running | DomainState::Blocked) => {}
+                other => {
+                    return Err(DriverError(format!(
+                        "the incoming domain {vm} is {other:?}, not paused: it cannot take over"
+                    )))
+                }
+            }
+            // Resumed first, unmarked second: a crash in between leaves a running domain
+            // still marked, which the next switch call unmarks (never a paused one unmarked).
+            domain
+                .set_metadata(
+                    sys::VIR_DOMAIN_METADATA_DESCRIPTION as i32,
+                    Some(
+                        &Marks {
+                            epoch: marks.epoch,
+                            incoming: None,
+                        }
+                        .render(),
+                    ),
+                    None,
+                    None,
+                    sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG,
+                )
+                .map_err(|e| err("cannot clear the incoming mark", e))
+        })?;
+        lock(&self.incoming).remove(vm);
+        Ok(())
+    }
+
+    fn migration_cancel(&self, vm: &str, reason: &str) -> Result<(), DriverError> {
+        match self.outgoing_of(vm) {
+            Some(job) => job.cancel(reason),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Libvirt {
+    fn outgoing_of(&self, vm: &str) -> Option<Arc<Outgoing>> {
+        lock(&self.outgoing).get(vm).cloned()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn foreign(vm: &str) -> DriverError {
+    DriverError(format!(
+        "domain {vm} is not Paddock's; leaving it alone (rename or remove it)"
+    ))
+}
+
+/// Stops `domain` if it runs and forgets it.
+fn remove(domain: &Domain) -> Result<(), DriverError> {
+    if domain.is_active().unwrap_or(false) {
+        domain
+            .destroy()
+            .map_err(|e| err("cannot destroy the domain", e))?;
+    }
+    if domain.is_persistent().unwrap_or(false) {
+        domain
+            .undefine()
+            .map_err(|e| err("cannot undefine the domain", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use std::time::{Duration, Instant};
+
+    use paddock_model::vm::{Constraints, Disk};
+
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            cpus: 1,
+            memory_mib: 64,
+            disks: vec![Disk {
+                size_mib: 1024,
+                image: None,
+            }],
+            labels: BTreeMap::new(),
+            ha: false,
+            priority: 0,
+            constraints: Constraints::default(),
+        }
+    }
+
+    /// `vm` as listed (the tests share the test driver's state, each with its own VMs).
+    fn listed(driver: &Libvirt, vm: &str) -> Option<(u64, InstanceState)> {
+        let instances = driver.list().expect("list");
+        // The test driver's own "test" domain is not Paddock's and is never listed.
+        assert!(instances.iter().all(|i| i.vm != "test"));
+        instances
+            .into_iter()
+            .find(|i| i.vm == vm)
+            .map(|i| (i.epoch, i.state))
+    }
+
+    #[test]
+    fn lifecycle_against_the_test_driver() {
+        let driver = Libvirt::open("test:///default", MigrationConfig::default())
+            .expect("test:///default is built in");
+        assert_eq!(listed(&driver, "vm1"), None);
+        driver.start("vm1", 3, &spec()).expect("start");
+        assert_eq!(listed(&driver, "vm1"), Some((3, InstanceState::Running)));
+        driver.stop("vm1").expect("stop");
+        assert_eq!(listed(&driver, "vm1"), Some((3, InstanceState::Stopped)));
+        // A newer epoch replaces the old definition.
+        driver.start("vm1", 4, &spec()).expect("restart");
+        assert_eq!(listed(&driver, "vm1"), Some((4, InstanceState::Running)));
+        driver.destroy("vm1").expect("destroy");
+        assert_eq!(listed(&driver, "vm1"), None);
+        // Foreign domains are refused, not touched.
+        assert!(driver.start("test", 1, &spec()).is_err());
+        assert!(driver.destroy("test").is_err());
+    }
+
+    #[test]
+    fn boots_a_tiny_vm_with_qemu_where_available() {
+        let uri = "qemu:///session";
+        let Ok(driver) = Libvirt::open(uri, MigrationConfig::default()) else {
+            eprintln!("skipped: cannot connect to {uri} (no libvirtd/QEMU on this machine)");
+            return;
+        };
+        let mut spec = spec();
+        spec.disks.clear();
+        match driver.start("paddock-boot-test", 1, &spec) {
+            Ok(()) => {
+                let state = driver.list().expect("list");
+                let _ = driver.destroy("paddock-boot-test");
+                assert!(state.iter().any(|i| i.vm == "paddock-boot-test"));
+            }
+            Err(e) => eprintln!("skipped: {uri} cannot boot a domain here: {e}"),
+        }
+    }
+
+    #[test]
+    fn marks_round_trip_and_reject_foreign_descriptions() {
+        for marks in [
+            Marks {
+                epoch: 9,
+                incoming: None,
+            },
+            Marks {
+                epoch: 10,
+                incoming: Some(4),
+            },
+        ] {
+            assert_eq!(Marks::parse(&marks.render()), Some(marks));
+        }
+        assert_eq!(Marks::parse("my web server"), None);
+        assert_eq!(Marks::parse("paddock-epoch:x"), None);
+        assert_eq!(Marks::parse("paddock-epoch:3 and more"), None);
+    }
+
+    #[test]
+    fn incoming_xml_replaces_only_the_description() {
+        let xml = domain_xml("kvm", "vm1", 9, &spec());
+        let marks = Marks {
+            epoch: 10,
+            incoming: Some(4),
+        };
+        let incoming = incoming_xml(&xml, marks).expect("has a description");
+        assert!(incoming.contains("<description>paddock-epoch:10 paddock-incoming:4</description>"));
+        assert_eq!(
+            incoming.replace("paddock-epoch:10 paddock-incoming:4", "paddock-epoch:9"),
+            xml
+        );
+        assert!(incoming_xml("<domain/>", marks).is_err());
+    }
+
+    /// What a finished libvirt migration leaves on its destination: the domain defined from
+    /// the source's XML with the incoming mark, paused.
+    fn arrive(driver: &Libvirt, vm: &str, epoch: u64, migration: u64) {
+        let xml = incoming_xml(
+            &domain_xml("test", vm, epoch - 1, &spec()),
+            Marks {
+                epoch,
+                incoming: Some(migration),
+            },
+        )
+        .expect("xml");
+        driver
+            .with_conn(|conn| {
+                let domain = conn.define_domain_xml(&xml).map_err(|e| err("define", e))?;
+                // (The test driver cannot start paused: start, then pause.)
+                domain.create().map_err(|e| err("start", e))?;
+                domain.suspend().map_err(|e| err("pause", e))
+            })
+            .expect("arrive");
+    }
+
+    #[test]
+    fn destination_resumes_only_on_a_committed_switch() {
+        let driver = Libvirt::open("test:///default", MigrationConfig::default()).expect("open");
+        driver
+            .prepare_incoming("vm2", 5, &spec(), 12, "10.0.0.2")
+            .expect("prepare");
+        let ready = driver.incoming_ready("vm2").expect("ready").expect("some");
+        assert_eq!(ready.address.as_deref(), Some("qemu+tls://10.0.0.2/system"));
+        arrive(&driver, "vm2", 5, 12);
+        assert_eq!(listed(&driver, "vm2"), Some((5, InstanceState::Incoming)));
+        let status = driver.migration_status("vm2").expect("status");
+        assert_eq!(
+            (status.role, status.migration),
+            (MigrationRole::Destination, Some(12))
+        );
+        // A refused switch leaves it paused (the agent destroys it).
+        driver.migration_switch("vm2", false).expect("refused");
+        assert_eq!(listed(&driver, "vm2"), Some((5, InstanceState::Incoming)));
+        driver.migration_switch("vm2", true).expect("committed");
+        assert_eq!(listed(&driver, "vm2"), Some((5, InstanceState::Running)));
+        // Told again (the source and the agent both tell it): nothing more happens.
+        driver.migration_switch("vm2", true).expect("again");
+        // A later migration's preparation clears a stale copy of another epoch.
+        driver
+            .prepare_incoming("vm2", 7, &spec(), 13, "10.0.0.2")
+            .expect("prepare again");
+        assert_eq!(listed(&driver, "vm2"), None);
+        driver.destroy("vm2").expect("destroy");
+    }
+
+    #[test]
+    fn a_migration_libvirt_cannot_do_leaves_the_source_running() {
+        let driver = Libvirt::open("test:///default", MigrationConfig::default()).expect("open");
+        driver.start("vm3", 2, &spec()).expect("start");
+        let request = MigrateRequest {
+            migration: 21,
+            to: "test:///default".into(),
+            mode: "auto".into(),
+            policy: "postcopy".into(),
+            max_downtime_ms: 100,
+            bandwidth: None,
+            streams: 1,
+            target_epoch: 3,
+        };
+        match driver.migrate_out("vm3", &request) {
+            // The test driver may refuse at once (no downtime setting)...
+            Err(e) => assert!(e.0.starts_with("cannot set the maximum downtime"), "{e}"),
+            // ...or take the job and fail it: the outcome is a rolled-back migration.
+            Ok(()) => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let progress = loop {
+                    let status = driver.migration_status("vm3").expect("status");
+                    assert_eq!(status.role, MigrationRole::Source);
+                    let progress = status.progress.expect("progress");
+                    if progress.done || Instant::now() > deadline {
+                        break progress;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                assert!(progress.done && !progress.ready, "{progress:?}");
+                assert!(progress.error.is_some(), "{progress:?}");
+                // The same migration asked again is not started twice.
+                driver.migrate_out("vm3", &request).expect("idempotent");
+            }
+        }
+        assert_eq!(listed(&driver, "vm3"), Some((2, InstanceState::Running)));
+        driver.destroy("vm3").expect("destroy");
+    }
+
+    #[test]
+    fn domain_xml_names_the_epoch_and_escapes_paths() {
+        let mut spec = spec();
+        spec.disks[0].image = Some("/img/a&b.qcow2".into());
+        let xml = domain_xml("kvm", "vm1", 9, &spec);
+        assert!(xml.contains("<description>paddock-epoch:9</description>"));
+        assert!(xml.contains("/img/a&amp;b.qcow2"));
+        assert!(xml.contains("type='qcow2'"));
+        assert!(xml.contains("<memory unit='MiB'>64</memory>"));
+    }
+}
