@@ -43,16 +43,7 @@ impl PageDigest {
 
     /// Records `page`'s new contents.
     pub fn set(&mut self, page: u32, data: &[u8]) {
-        let hash = page_hash(data);
-        if let Some(old) = self.hashes.get_mut(page as usize) {
-            if *old != hash {
-                self.sum = self
-                    .sum
-                    .wrapping_sub(mix(page, *old))
-                    .wrapping_add(mix(page, hash));
-                *old = hash;
-            }
-        }
+        self.set_hash(page, page_hash(data));
     }
 
     /// Records `page`'s hash, computed by the caller.
@@ -70,16 +61,7 @@ impl PageDigest {
 
     /// Records that `page` is all zero (without hashing it again).
     pub fn set_zero(&mut self, page: u32) {
-        let zero = zero_hash();
-        if let Some(old) = self.hashes.get_mut(page as usize) {
-            if *old != zero {
-                self.sum = self
-                    .sum
-                    .wrapping_sub(mix(page, *old))
-                    .wrapping_add(mix(page, zero));
-                *old = zero;
-            }
-        }
+        self.set_hash(page, zero_hash());
     }
 
     pub fn value(&self) -> u64 {

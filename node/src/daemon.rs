@@ -177,7 +177,6 @@ pub async fn run(
     let board = Arc::new(controllers::migration::Board::default());
     let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
         proposer: proposer.clone(),
-        raft: raft.clone(),
         board: board.clone(),
     });
     let mut grpc_shutdown = shutdown.clone();

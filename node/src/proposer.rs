@@ -138,6 +138,10 @@ impl Proposer {
         Some((leader, self.routes.address(node).to_string()))
     }
 
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     /// The leader's address when another node leads.
     pub fn leader_elsewhere(&self) -> Option<String> {
         self.leader()

@@ -255,13 +255,7 @@ async fn vms(
         json!({"bench": "vm-list", "from": cluster.nodes[follower].name, "failed_creates": failed_extra, "calls": lists, "results": results})
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut memory = Vec::new();
-    for node in &cluster.nodes {
-        if let Some(child) = &node.child {
-            let (rss, peak) = memory_mib(child.id());
-            memory.push(json!({"node": node.name, "rss_mib": rss, "peak_rss_mib": peak}));
-        }
-    }
+    let memory = cluster_memory(&cluster);
     println!(
         "{}",
         json!({"bench": "vm-memory", "vms_in_state": list_vms.max(vms), "memory": memory})
@@ -461,6 +455,18 @@ async fn failover(runs: usize, storage: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Resident and peak memory of every running node, in MiB.
+fn cluster_memory(cluster: &LocalCluster) -> Vec<serde_json::Value> {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|node| {
+            let (rss, peak) = memory_mib(node.child.as_ref()?.id());
+            Some(json!({"node": node.name, "rss_mib": rss, "peak_rss_mib": peak}))
+        })
+        .collect()
+}
+
 /// Resident and peak memory of a process, in MiB, from /proc.
 fn memory_mib(pid: u32) -> (f64, f64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -503,13 +509,7 @@ async fn state(keys: usize, value_size: usize, storage: &str) -> Result<(), Fail
     let target = cluster.status_of(leader).await?.applied_index;
     // Let followers apply everything and the allocator settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut memory = Vec::new();
-    for node in &cluster.nodes {
-        if let Some(child) = &node.child {
-            let (rss, peak) = memory_mib(child.id());
-            memory.push(json!({"node": node.name, "rss_mib": rss, "peak_rss_mib": peak}));
-        }
-    }
+    let memory = cluster_memory(&cluster);
     println!(
         "{}",
         json!({"bench": "state", "keys": keys, "failed_writes": failed, "load_seconds": (load_secs * 10.0).round() / 10.0, "memory": memory})

@@ -101,7 +101,21 @@ pub async fn run(
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
-        let state = shared.read().state.clone();
+        let state = {
+            let applied = shared.read();
+            let state = &applied.state;
+            let busy = state.migrations.values().any(|m| m.ended_ms.is_none())
+                || state
+                    .nodes
+                    .values()
+                    .any(|n| n.drain.as_ref().is_some_and(|d| !d.done));
+            if !busy {
+                // Nothing to watch: no copy of the whole state every tick.
+                board.retain(|_| false);
+                continue;
+            }
+            state.clone()
+        };
         board.retain(|id| {
             state
                 .migrations
@@ -249,10 +263,18 @@ fn choose_destination(state: &ClusterState, m: &Migration) -> Result<String, Str
     let mut candidate = vm.clone();
     candidate.assignment = None;
     candidate.avoid = Some(m.source.clone());
-    let mut view = state.clone();
-    view.nodes
-        .retain(|_, n| Some(&n.driver) == source_driver.as_ref());
-    let plan = paddock_scheduler::plan(&view, &[&candidate], state.settings.scheduler);
+    let same_driver = |n: &paddock_model::Node| Some(&n.driver) == source_driver.as_ref();
+    // Only a mixed cluster needs a view without the other drivers' nodes.
+    let filtered;
+    let view = if state.nodes.values().all(same_driver) {
+        state
+    } else {
+        let mut view = state.clone();
+        view.nodes.retain(|_, n| same_driver(n));
+        filtered = view;
+        &filtered
+    };
+    let plan = paddock_scheduler::plan(view, &[&candidate], state.settings.scheduler);
     match plan.placements.first() {
         Some(p) => Ok(p.node.clone()),
         None => Err(format!(
@@ -286,5 +308,105 @@ async fn end_drains(state: &ClusterState, proposer: &Proposer) {
             )
             .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use paddock_model::migration::MigrationOptions;
+    use paddock_model::{Desired, Proposal, Resources, VmSpec};
+
+    use super::*;
+
+    fn apply(state: &mut ClusterState, command: Command) {
+        let outcome = state.apply(&Proposal {
+            at_ms: 1,
+            requests: vec![ClientRequest { id: None, command }],
+        });
+        assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
+    }
+
+    /// Nodes `(name, driver)`, VM `v` running on the first, and a migration of it asked for.
+    fn cluster(nodes: &[(&str, &str)]) -> (ClusterState, Migration) {
+        let mut state = ClusterState::default();
+        for (name, driver) in nodes {
+            apply(
+                &mut state,
+                Command::NodeRegister {
+                    name: (*name).into(),
+                    capacity: Resources {
+                        cpus: 4,
+                        memory_mib: 4096,
+                        disk_mib: 10_000,
+                    },
+                    labels: Default::default(),
+                    driver: (*driver).into(),
+                },
+            );
+        }
+        let spec = VmSpec {
+            cpus: 1,
+            memory_mib: 1024,
+            disks: vec![],
+            labels: Default::default(),
+            ha: false,
+            priority: 0,
+            constraints: Default::default(),
+        };
+        apply(
+            &mut state,
+            Command::VmCreate {
+                name: "v".into(),
+                spec,
+                desired: Desired::Running,
+            },
+        );
+        apply(
+            &mut state,
+            Command::VmPlace {
+                placements: vec![paddock_model::Placement {
+                    vm: "v".into(),
+                    node: nodes[0].0.into(),
+                }],
+            },
+        );
+        let epoch = state.vms["v"].assignment.as_ref().map_or(0, |a| a.epoch);
+        apply(
+            &mut state,
+            Command::VmObserved {
+                node: nodes[0].0.into(),
+                reports: vec![paddock_model::VmReport {
+                    vm: "v".into(),
+                    epoch,
+                    state: paddock_model::VmState::Running,
+                    reason: None,
+                }],
+            },
+        );
+        apply(
+            &mut state,
+            Command::MigrationCreate {
+                vm: "v".into(),
+                destination: None,
+                options: MigrationOptions::default(),
+                priority: 0,
+                reason: "test".into(),
+            },
+        );
+        let migration = state.migrations.values().next().cloned().expect("created");
+        (state, migration)
+    }
+
+    #[test]
+    fn destinations_are_other_nodes_with_the_same_driver() {
+        let (state, m) = cluster(&[("n1", "memvm"), ("n2", "memvm")]);
+        assert_eq!(choose_destination(&state, &m), Ok("n2".to_string()));
+
+        let (state, m) = cluster(&[("n1", "memvm"), ("n2", "libvirt"), ("n3", "memvm")]);
+        assert_eq!(choose_destination(&state, &m), Ok("n3".to_string()));
+
+        let (state, m) = cluster(&[("n1", "memvm"), ("n2", "libvirt")]);
+        let refused = choose_destination(&state, &m).expect_err("no memvm node but the source");
+        assert!(refused.starts_with("no destination fits"), "{refused}");
     }
 }

@@ -13,7 +13,7 @@ use paddock_raft::network::PeerContact;
 use paddock_raft::{MemberNode, NodeId, Raft, SharedState};
 use tonic::{Request, Response, Status};
 
-use super::{caller, require_admin};
+use super::{caller, leader_elsewhere, require_admin};
 use crate::proposer::Proposer;
 
 /// A member counts as reachable if it answered the leader within this window.
@@ -91,12 +91,9 @@ impl ClusterService {
 
     /// A client of the leader's Cluster service, or `Unavailable` while there is none.
     fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
-        match self.proposer.leader() {
-            Some((id, _)) if id == self.raft.metrics().borrow().id => Ok(None),
-            Some((_, address)) => Ok(Some(ClusterClient::new(self.proposer.channel(&address)?))),
-            None => Err(Status::unavailable(
-                "no leader is known yet (election under way, or no majority reachable); retry shortly",
-            )),
+        match leader_elsewhere(&self.proposer)? {
+            Some(address) => Ok(Some(ClusterClient::new(self.proposer.channel(&address)?))),
+            None => Ok(None),
         }
     }
 }

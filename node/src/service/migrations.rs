@@ -11,13 +11,14 @@ use paddock_model::migration::{Migration, MigrationMode, MigrationOptions, Phase
 use paddock_model::{Command, Query, QueryResult, Response as Applied};
 use tonic::{Request, Response, Status};
 
-use super::{caller, refused, reply, require_node, require_writer, unexpected, write};
+use super::{
+    caller, leader_elsewhere, refused, reply, require_node, require_writer, unexpected, write,
+};
 use crate::controllers::migration::Board;
 use crate::proposer::Proposer;
 
 pub struct MigrationsService {
     pub proposer: Arc<Proposer>,
-    pub raft: paddock_raft::Raft,
     pub board: Arc<Board>,
 }
 
@@ -95,18 +96,6 @@ pub fn info(m: &Migration, live: Option<Progress>) -> pb::MigrationInfo {
 }
 
 impl MigrationsService {
-    /// The leader's address when it is another node (reads are answered there).
-    fn leader_elsewhere(&self) -> Result<Option<String>, Status> {
-        let me = self.raft.metrics().borrow().id;
-        match self.proposer.leader() {
-            Some((leader, address)) if leader != me => Ok(Some(address)),
-            Some(_) => Ok(None),
-            None => Err(Status::unavailable(
-                "no leader is known yet (election under way, or no majority reachable); retry shortly",
-            )),
-        }
-    }
-
     fn client(
         &self,
         address: &str,
@@ -178,7 +167,7 @@ impl migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<pb::MigrationListResponse>, Status> {
         caller(&request)?;
         let finished = request.into_inner().finished;
-        if let Some(address) = self.leader_elsewhere()? {
+        if let Some(address) = leader_elsewhere(&self.proposer)? {
             return self
                 .client(&address)?
                 .list(pb::MigrationListRequest { finished })
@@ -208,7 +197,7 @@ impl migrations_server::Migrations for MigrationsService {
     ) -> Result<Response<pb::MigrationInfo>, Status> {
         caller(&request)?;
         let id = request.into_inner().id;
-        if let Some(address) = self.leader_elsewhere()? {
+        if let Some(address) = leader_elsewhere(&self.proposer)? {
             return self
                 .client(&address)?
                 .get(pb::MigrationGetRequest { id })
@@ -229,17 +218,12 @@ impl migrations_server::Migrations for MigrationsService {
         // watch survives leader changes.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let proposer = self.proposer.clone();
-        let raft = self.raft.clone();
         let board = self.board.clone();
         tokio::spawn(async move {
-            let here = MigrationsService {
-                proposer,
-                raft,
-                board,
-            };
+            let here = MigrationsService { proposer, board };
             let mut last: Option<pb::MigrationInfo> = None;
             loop {
-                let next = match here.leader_elsewhere() {
+                let next = match leader_elsewhere(&here.proposer) {
                     Ok(Some(address)) => match here.client(&address) {
                         Ok(mut client) => client
                             .get(pb::MigrationGetRequest { id })

@@ -33,6 +33,19 @@ fn reply<T>(proposer: &Proposer, message: T) -> Response<T> {
     response
 }
 
+const NO_LEADER: &str =
+    "no leader is known yet (election under way, or no majority reachable); retry shortly";
+
+/// Where a request only the leader answers goes: `Some(address)` when another node leads,
+/// `None` when this one does, `Unavailable` while no leader is known.
+fn leader_elsewhere(proposer: &Proposer) -> Result<Option<String>, Status> {
+    match proposer.leader() {
+        Some((leader, address)) if leader != proposer.node_id() => Ok(Some(address)),
+        Some(_) => Ok(None),
+        None => Err(Status::unavailable(NO_LEADER)),
+    }
+}
+
 /// Proposes a client's command; the outer error is the transport's, the inner apply's answer.
 async fn write(
     proposer: &Proposer,

@@ -11,7 +11,9 @@ use paddock_model::{Command, Query, QueryResult, Response as Applied, VmSpec};
 use paddock_raft::SharedState;
 use tonic::{Request, Response, Status};
 
-use super::{caller, refused, reply, require_writer, unexpected, write};
+use super::{
+    caller, leader_elsewhere, refused, reply, require_writer, unexpected, write, NO_LEADER,
+};
 use crate::proposer::Proposer;
 
 /// A write that answers `Done` on success.
@@ -92,21 +94,14 @@ impl nodes_server::Nodes for NodesService {
         caller(&request)?;
         let stale = request.into_inner().stale;
         // Only the leader knows who is suspect: a linearizable list is answered by it.
-        let me = self.raft.metrics().borrow().id;
         if !stale {
-            match self.proposer.leader() {
-                Some((leader, address)) if leader != me => {
-                    let channel = self.proposer.channel(&address)?;
-                    return nodes_client::NodesClient::new(channel)
-                        .list(pb::NodeListRequest { stale: false })
-                        .await;
-                }
-                Some(_) => {}
-                None => {
-                    return Err(Status::unavailable(
-                        "no leader is known yet (election under way, or no majority reachable); retry shortly, or pass --stale",
-                    ))
-                }
+            let leader = leader_elsewhere(&self.proposer)
+                .map_err(|_| Status::unavailable(format!("{NO_LEADER}, or pass --stale")))?;
+            if let Some(address) = leader {
+                let channel = self.proposer.channel(&address)?;
+                return nodes_client::NodesClient::new(channel)
+                    .list(pb::NodeListRequest { stale: false })
+                    .await;
             }
         }
         match self.proposer.read(Query::NodeList, stale).await? {
