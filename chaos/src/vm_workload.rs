@@ -125,6 +125,7 @@ pub async fn worker(
                             | tonic::Code::NotFound
                             | tonic::Code::AlreadyExists
                             | tonic::Code::FailedPrecondition
+                            | tonic::Code::ResourceExhausted
                     )
                 );
                 let kind = if certain { "fail" } else { "info" };

@@ -10,14 +10,26 @@ pub enum Output {
     Json,
 }
 
-/// Exit codes (a contract for scripts).
+/// Exit codes (a contract for scripts): one per kind of refusal, the same for every command.
 pub mod exit {
-    /// Any error not listed below.
+    /// Any error not listed below (unreachable cluster, bad certificates, local I/O).
     pub const ERROR: u8 = 1;
-    /// `kv get`: the key does not exist.
+    /// The request itself is wrong (bad value or name; clap's usage errors use 2 too).
+    pub const INVALID: u8 = 2;
+    /// The object named does not exist (a VM, node, migration, key).
     pub const NOT_FOUND: u8 = 3;
     /// `kv cas`: the current value differs from `--expect`.
     pub const CAS_MISMATCH: u8 = 4;
+    /// An object of that name exists already.
+    pub const ALREADY_EXISTS: u8 = 5;
+    /// Valid, but not in the current state (wrong phase, being deleted): retry later may work.
+    pub const FAILED_PRECONDITION: u8 = 6;
+    /// No node has room for it.
+    pub const NO_CAPACITY: u8 = 7;
+    /// No leader or quorum reachable now: retrying may work.
+    pub const UNAVAILABLE: u8 = 8;
+    /// Not authenticated, or the role may not do this.
+    pub const PERMISSION_DENIED: u8 = 9;
 }
 
 /// A command's failure: the message for stderr and the exit code.

@@ -8,7 +8,8 @@
 //! - [`pages`], [`compress`]: zero pages as markers, XOR deltas against the last sent copy
 //!   (bounded cache), per-chunk raw/LZ4/ZSTD chosen from measured speed, ratio and link rate;
 //! - [`bucket`]: token-bucket bandwidth limit; [`digest`]: the memory digest checked before
-//!   the switch; [`memory`]: guest memory with its dirty log; [`progress`]: live figures.
+//!   the switch; [`memory`]: guest memory with its dirty log; the live figures are the model's
+//!   [`Progress`].
 //!
 //! The protocol, end to end (pre-copy; post-copy replaces `Complete` by `Postcopy` and pushes
 //! the missing pages after the outcome while the destination asks for the ones it touches):
@@ -38,15 +39,15 @@ pub mod destination;
 pub mod digest;
 pub mod memory;
 pub mod pages;
-pub mod progress;
 pub mod run;
 pub mod source;
 pub mod tls;
 pub mod wire;
 
 pub use memory::Memory;
-pub use progress::Progress;
-pub use source::{AutoPolicy, Mode, Params};
+/// The engine reports the model's progress type (shown by `migration show`, kept on the board).
+pub use paddock_model::migration::Progress;
+pub use source::Params;
 
 /// Bytes per guest page.
 pub const PAGE: usize = 4096;

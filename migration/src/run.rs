@@ -18,9 +18,9 @@ use crate::bucket::TokenBucket;
 use crate::destination::{negotiate, DestAction, DestEvent, DestPhase, Destination};
 use crate::digest::PageDigest;
 use crate::pages::{self, Encoder, PageOp, Taken};
-use crate::progress::Progress;
 use crate::source::{Params, RoundStats, Source, SourceAction, SourceEvent, SourcePhase};
 use crate::wire::{self, Channel, GuestCpu, Hello, Msg};
+use crate::Progress;
 use crate::{CHUNK_PAGES, PAGE, PROTOCOL_VERSIONS};
 
 /// A byte stream to the peer (TCP, TLS over TCP, or an in-memory pipe in tests).

@@ -16,50 +16,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use paddock_model::migration::{MigrationMode, DEFAULT_MAX_DOWNTIME_MS, MAX_PRECOPY_ROUNDS};
+use paddock_model::settings::MigrationPolicy;
 
 use crate::PAGE;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mode {
-    /// Pre-copy, then post-copy (or throttling, per [`AutoPolicy`]) when rounds stop shrinking.
-    Auto,
-    Precopy,
-    Postcopy,
-}
-
-impl Mode {
-    pub fn parse(text: &str) -> Option<Mode> {
-        match text {
-            "auto" => Some(Mode::Auto),
-            "precopy" => Some(Mode::Precopy),
-            "postcopy" => Some(Mode::Postcopy),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Auto => "auto",
-            Mode::Precopy => "precopy",
-            Mode::Postcopy => "postcopy",
-        }
-    }
-}
-
-/// What `auto` does when pre-copy stops converging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AutoPolicy {
-    /// Switch to post-copy: shortest downtime; the VM depends on both hosts until done.
-    Postcopy,
-    /// Slow the guest down (auto-converge): longer migration, never depends on two hosts.
-    Throttle,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    pub mode: Mode,
-    pub policy: AutoPolicy,
+    pub mode: MigrationMode,
+    pub policy: MigrationPolicy,
     pub max_downtime: Duration,
     /// Pre-copy gives up (rolls back) after this many rounds without converging.
     pub max_rounds: u32,
@@ -68,10 +33,10 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Params {
         Params {
-            mode: Mode::Auto,
-            policy: AutoPolicy::Postcopy,
-            max_downtime: Duration::from_millis(100),
-            max_rounds: 30,
+            mode: MigrationMode::Auto,
+            policy: MigrationPolicy::Postcopy,
+            max_downtime: Duration::from_millis(DEFAULT_MAX_DOWNTIME_MS),
+            max_rounds: MAX_PRECOPY_ROUNDS,
         }
     }
 }
@@ -297,7 +262,7 @@ impl Source {
         self.history.push(stats.dirty_after);
         let next = stats.round + 1;
         // Explicit post-copy: resume at the destination right after the first pass.
-        if self.params.mode == Mode::Postcopy && stats.dirty_after > 0 {
+        if self.params.mode == MigrationMode::Postcopy && stats.dirty_after > 0 {
             return self.start_postcopy(next);
         }
         if self.fits_downtime(stats.dirty_after) {
@@ -313,18 +278,18 @@ impl Source {
                 && previous.is_some_and(|before| stats.dirty_after * 10 >= before * 9));
         let out_of_rounds = stats.round + 1 >= self.params.max_rounds;
         match self.params.mode {
-            Mode::Auto if stalled || out_of_rounds => match self.params.policy {
-                AutoPolicy::Postcopy => self.start_postcopy(next),
-                AutoPolicy::Throttle if out_of_rounds => self.roll_back(format!(
+            MigrationMode::Auto if stalled || out_of_rounds => match self.params.policy {
+                MigrationPolicy::Postcopy => self.start_postcopy(next),
+                MigrationPolicy::Throttle if out_of_rounds => self.roll_back(format!(
                     "did not converge in {} rounds even with the guest throttled to {} %",
                     self.params.max_rounds, self.throttle
                 )),
-                AutoPolicy::Throttle => {
+                MigrationPolicy::Throttle => {
                     self.throttle = (self.throttle + 20).min(99);
                     vec![A::Throttle(self.throttle), A::Round(next)]
                 }
             },
-            Mode::Precopy if out_of_rounds => self.roll_back(format!(
+            MigrationMode::Precopy if out_of_rounds => self.roll_back(format!(
                 "pre-copy did not converge in {} rounds ({} pages still dirty per round, max downtime {} ms): use --mode auto or a larger --max-downtime",
                 self.params.max_rounds,
                 stats.dirty_after,
@@ -356,7 +321,7 @@ mod tests {
         })
     }
 
-    fn params(mode: Mode, policy: AutoPolicy) -> Params {
+    fn params(mode: MigrationMode, policy: MigrationPolicy) -> Params {
         Params {
             mode,
             policy,
@@ -424,7 +389,7 @@ mod tests {
 
     #[test]
     fn auto_switches_to_postcopy_when_rounds_stop_shrinking() {
-        let mut s = Source::new(params(Mode::Auto, AutoPolicy::Postcopy));
+        let mut s = Source::new(params(MigrationMode::Auto, MigrationPolicy::Postcopy));
         s.step(E::Connected { version: 1 });
         assert_eq!(s.step(done(0, 100_000, 400, 50_000)), vec![A::Round(1)]);
         assert_eq!(s.step(done(1, 80_000, 320, 49_000)), vec![A::Round(2)]);
@@ -453,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_guest_that_outruns_the_link_goes_postcopy_after_the_first_pass() {
-        let mut s = Source::new(params(Mode::Auto, AutoPolicy::Postcopy));
+        let mut s = Source::new(params(MigrationMode::Auto, MigrationPolicy::Postcopy));
         s.step(E::Connected { version: 1 });
         // The first pass sent 100k data pages; meanwhile the guest dirtied 95k again.
         assert_eq!(
@@ -464,7 +429,7 @@ mod tests {
 
     #[test]
     fn auto_with_throttle_slows_the_guest_then_gives_up() {
-        let mut s = Source::new(params(Mode::Auto, AutoPolicy::Throttle));
+        let mut s = Source::new(params(MigrationMode::Auto, MigrationPolicy::Throttle));
         s.step(E::Connected { version: 1 });
         s.step(done(0, 100_000, 400, 50_000));
         s.step(done(1, 80_000, 320, 49_000));
@@ -487,7 +452,7 @@ mod tests {
 
     #[test]
     fn plain_precopy_rolls_back_when_it_never_converges() {
-        let mut s = Source::new(params(Mode::Precopy, AutoPolicy::Postcopy));
+        let mut s = Source::new(params(MigrationMode::Precopy, MigrationPolicy::Postcopy));
         s.step(E::Connected { version: 1 });
         for round in 0..5 {
             assert_eq!(
@@ -503,7 +468,7 @@ mod tests {
 
     #[test]
     fn postcopy_mode_switches_after_the_first_pass() {
-        let mut s = Source::new(params(Mode::Postcopy, AutoPolicy::Postcopy));
+        let mut s = Source::new(params(MigrationMode::Postcopy, MigrationPolicy::Postcopy));
         s.step(E::Connected { version: 1 });
         assert_eq!(
             s.step(done(0, 100_000, 400, 60_000)),

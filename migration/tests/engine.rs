@@ -11,7 +11,9 @@ use paddock_migration::run::{
     start_destination, start_source, Arrival, BoxConn, DestGuest, SourceConfig, SourceGuest,
 };
 use paddock_migration::wire::GuestCpu;
-use paddock_migration::{digest, AutoPolicy, Memory, Mode, Params, PAGE};
+use paddock_migration::{digest, Memory, Params, PAGE};
+use paddock_model::migration::MigrationMode;
+use paddock_model::settings::MigrationPolicy;
 
 struct State {
     memory: Memory,
@@ -209,12 +211,12 @@ fn dirty(
     })
 }
 
-fn config(mode: Mode) -> SourceConfig {
+fn config(mode: MigrationMode) -> SourceConfig {
     SourceConfig {
         migration: 1,
         params: Params {
             mode,
-            policy: AutoPolicy::Postcopy,
+            policy: MigrationPolicy::Postcopy,
             max_downtime: Duration::from_millis(50),
             max_rounds: 30,
         },
@@ -256,7 +258,11 @@ fn precopy_moves_memory_and_cpu_exactly_with_a_busy_guest() {
     let stop = Arc::new(AtomicBool::new(false));
     let busy = dirty(src.clone(), 1024, stop.clone());
     let incoming = start_destination(dst.clone(), 1, acceptor(listener));
-    let outgoing = start_source(src.clone(), connector(address), config(Mode::Precopy));
+    let outgoing = start_source(
+        src.clone(),
+        connector(address),
+        config(MigrationMode::Precopy),
+    );
     let progress = wait_ready(&outgoing);
     assert!(progress.ready, "{progress:?}");
     // Paused for the switch: the memories must be identical now.
@@ -287,7 +293,11 @@ fn postcopy_resumes_early_and_pages_arrive_by_push_and_request() {
     let stop = Arc::new(AtomicBool::new(false));
     let busy = dirty(src.clone(), 2048, stop.clone());
     let incoming = start_destination(dst.clone(), 1, acceptor(listener));
-    let outgoing = start_source(src.clone(), connector(address), config(Mode::Postcopy));
+    let outgoing = start_source(
+        src.clone(),
+        connector(address),
+        config(MigrationMode::Postcopy),
+    );
     let progress = wait_ready(&outgoing);
     assert!(progress.ready && progress.postcopy, "{progress:?}");
     stop.store(true, Ordering::Relaxed);
@@ -323,7 +333,7 @@ fn a_refused_switch_resumes_the_source_and_discards_the_destination() {
     } = pair(4);
     let address = listener.local_addr().expect("addr").to_string();
     let incoming = start_destination(dst.clone(), 1, acceptor(listener));
-    let outgoing = start_source(src.clone(), connector(address), config(Mode::Auto));
+    let outgoing = start_source(src.clone(), connector(address), config(MigrationMode::Auto));
     assert!(wait_ready(&outgoing).ready);
     assert!(!src.step(10), "paused at the switch");
     outgoing.switch(false);
@@ -358,7 +368,7 @@ fn losing_the_destination_mid_transfer_rolls_back() {
         std::thread::sleep(Duration::from_millis(20));
         drop(conns);
     });
-    let mut cfg = config(Mode::Precopy);
+    let mut cfg = config(MigrationMode::Precopy);
     cfg.bandwidth = Some(20 << 20);
     let outgoing = start_source(src.clone(), connector(address), cfg);
     let done = wait_done(&outgoing);
@@ -372,7 +382,7 @@ fn a_destination_that_is_not_there_rolls_back_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let address = listener.local_addr().expect("addr").to_string();
     drop(listener);
-    let outgoing = start_source(src.clone(), connector(address), config(Mode::Auto));
+    let outgoing = start_source(src.clone(), connector(address), config(MigrationMode::Auto));
     let done = wait_done(&outgoing);
     assert_eq!(done.phase, "rolled-back");
     assert!(done.error.unwrap_or_default().contains("cannot reach"));
@@ -387,7 +397,7 @@ fn cancel_before_the_switch_rolls_back() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     let address = listener.local_addr().expect("addr").to_string();
     let incoming = start_destination(dst, 1, acceptor(listener));
-    let mut cfg = config(Mode::Precopy);
+    let mut cfg = config(MigrationMode::Precopy);
     cfg.bandwidth = Some(8 << 20);
     let outgoing = start_source(src.clone(), connector(address), cfg);
     std::thread::sleep(Duration::from_millis(100));

@@ -249,6 +249,62 @@ pub enum Rejection {
     AlreadyExists { kind: String, name: String },
     #[error("{reason}")]
     Invalid { reason: String },
+    /// Well formed, but the object is not in a state that allows it now (a migration in the
+    /// wrong phase, a VM being deleted or moved meanwhile).
+    #[error("{reason}")]
+    FailedPrecondition { reason: String },
+    /// No node has room for it.
+    #[error("{reason}")]
+    NoCapacity { reason: String },
+}
+
+/// What kind of refusal a [`Rejection`] is, independent of any transport: each interface maps
+/// a kind once (gRPC code, HTTP status, CLI exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionKind {
+    /// The object named does not exist.
+    NotFound,
+    /// An object of that name exists already.
+    AlreadyExists,
+    /// The request is valid but the state does not allow it now (retrying later may work).
+    FailedPrecondition,
+    /// The request itself is wrong (bad value, bad name, limits).
+    Invalid,
+    /// Nowhere with room for it.
+    NoCapacity,
+    /// No leader or quorum could be reached (retrying may work).
+    Unavailable,
+    /// The caller may not do this.
+    PermissionDenied,
+}
+
+impl Rejection {
+    pub fn kind(&self) -> RejectionKind {
+        match self {
+            Rejection::NotFound { .. } => RejectionKind::NotFound,
+            Rejection::AlreadyExists { .. } => RejectionKind::AlreadyExists,
+            Rejection::CasMismatch { .. }
+            | Rejection::StaleRequest { .. }
+            | Rejection::FailedPrecondition { .. } => RejectionKind::FailedPrecondition,
+            Rejection::InvalidKey { .. }
+            | Rejection::ValueTooLarge { .. }
+            | Rejection::Invalid { .. } => RejectionKind::Invalid,
+            Rejection::NoCapacity { .. } => RejectionKind::NoCapacity,
+        }
+    }
+
+    pub fn not_found(kind: &str, name: impl Into<String>) -> Rejection {
+        Rejection::NotFound {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    pub fn precondition(reason: impl Into<String>) -> Rejection {
+        Rejection::FailedPrecondition {
+            reason: reason.into(),
+        }
+    }
 }
 
 fn describe(value: &Option<String>) -> String {

@@ -25,7 +25,8 @@ pub mod vm;
 mod vm_commands;
 
 pub use command::{
-    ClientRequest, Command, Outcome, Placement, Proposal, Rejection, Response, VmReport,
+    ClientRequest, Command, Outcome, Placement, Proposal, Rejection, RejectionKind, Response,
+    VmReport,
 };
 pub use ids::{node_id_for_name, RequestId};
 pub use node::{Health, Node};

@@ -26,7 +26,7 @@ pub struct Node {
     pub health: Health,
     pub registered_ms: u64,
     /// Being drained (or evacuated) by live migration, or done with it.
-    pub drain: Option<crate::migration::Drain>,
+    pub drain: Option<Drain>,
 }
 
 /// Liveness as committed to the log. Only transitions are committed, never heartbeats.
@@ -62,4 +62,16 @@ impl Node {
     pub fn schedulable(&self) -> bool {
         self.health == Health::Ready && !self.cordoned && !self.maintenance
     }
+}
+
+/// A node being emptied by live migration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Evacuate: stopped VMs leave too, and the node enters maintenance when done.
+    pub evacuate: bool,
+    pub started_ms: u64,
+    pub done: bool,
+    /// VMs still on the node when the drain ended (could not be migrated: see their
+    /// migrations).
+    pub left: Vec<String>,
 }

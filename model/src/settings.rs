@@ -38,10 +38,33 @@ pub struct Settings {
     pub migration_node_bandwidth: Option<u64>,
 }
 
+/// What a migration in mode `auto` does when pre-copy stops converging.
+// Lowercase names for the JSON of the memvm control socket; postcard (the log) encodes the
+// variant's index, so the names do not affect it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum MigrationPolicy {
+    /// Switch to post-copy: shortest downtime; the VM depends on both hosts until done.
     Postcopy,
+    /// Slow the guest down (auto-converge): longer migration, never depends on two hosts.
     Throttle,
+}
+
+impl MigrationPolicy {
+    pub fn parse(text: &str) -> Option<MigrationPolicy> {
+        match text {
+            "postcopy" => Some(MigrationPolicy::Postcopy),
+            "throttle" => Some(MigrationPolicy::Throttle),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrationPolicy::Postcopy => "postcopy",
+            MigrationPolicy::Throttle => "throttle",
+        }
+    }
 }
 
 impl Default for Settings {
@@ -145,15 +168,9 @@ impl Settings {
                 Ok(())
             }
             "migration_policy" => {
-                self.migration_policy = match value {
-                    "postcopy" => MigrationPolicy::Postcopy,
-                    "throttle" => MigrationPolicy::Throttle,
-                    other => {
-                        return Err(format!(
-                            "migration_policy must be postcopy or throttle, not {other:?}"
-                        ))
-                    }
-                };
+                self.migration_policy = MigrationPolicy::parse(value).ok_or_else(|| {
+                    format!("migration_policy must be postcopy or throttle, not {value:?}")
+                })?;
                 Ok(())
             }
             "migration_node_bandwidth" => {
@@ -246,11 +263,7 @@ impl Settings {
             ),
             (
                 "migration_policy".into(),
-                match self.migration_policy {
-                    MigrationPolicy::Postcopy => "postcopy",
-                    MigrationPolicy::Throttle => "throttle",
-                }
-                .into(),
+                self.migration_policy.name().into(),
             ),
             (
                 "migration_streams".into(),

@@ -6,13 +6,6 @@ use crate::node::{Health, Node};
 use crate::state::ClusterState;
 use crate::vm::{check_fit, Assignment, Desired, Vm, VmState};
 
-fn not_found(kind: &str, name: &str) -> Rejection {
-    Rejection::NotFound {
-        kind: kind.into(),
-        name: name.into(),
-    }
-}
-
 impl ClusterState {
     pub(crate) fn apply_vm_command(&mut self, command: &Command, at_ms: u64) -> Outcome {
         match command {
@@ -44,7 +37,7 @@ impl ClusterState {
                 let node = self
                     .nodes
                     .get_mut(name)
-                    .ok_or_else(|| not_found("node", name))?;
+                    .ok_or_else(|| Rejection::not_found("node", name))?;
                 node.cordoned = *cordoned;
                 if !cordoned {
                     // Uncordoning ends a drain (its migrations carry on or have ended).
@@ -91,7 +84,7 @@ impl ClusterState {
                 let vm = self
                     .vms
                     .get_mut(name)
-                    .ok_or_else(|| not_found("VM", name))?;
+                    .ok_or_else(|| Rejection::not_found("VM", name))?;
                 if vm.desired != *desired {
                     vm.desired = *desired;
                     vm.event(at_ms, format!("desired {}", desired.name()));
@@ -111,7 +104,10 @@ impl ClusterState {
             }
             Command::VmDelete { name } => {
                 self.settle_migration_before_change(name, "deleted", at_ms)?;
-                let vm = self.vms.remove(name).ok_or_else(|| not_found("VM", name))?;
+                let vm = self
+                    .vms
+                    .remove(name)
+                    .ok_or_else(|| Rejection::not_found("VM", name))?;
                 self.release(&vm);
                 if let Some(a) = &vm.assignment {
                     self.deleting
@@ -149,7 +145,7 @@ impl ClusterState {
             Command::VmRecover { vm: name, epoch } => {
                 let limit = self.settings.restart_limit;
                 let Some(vm) = self.vms.get(name) else {
-                    return Err(not_found("VM", name));
+                    return Err(Rejection::not_found("VM", name));
                 };
                 let current = vm
                     .assignment
@@ -164,7 +160,7 @@ impl ClusterState {
                 let crash_restarts = vm.crash_restarts;
                 self.fail_migrations_of_vm(name, &format!("the VM crashed on {node}"), at_ms);
                 let Some(vm) = self.vms.get(name) else {
-                    return Err(not_found("VM", name));
+                    return Err(Rejection::not_found("VM", name));
                 };
                 if crash_restarts < limit {
                     self.epoch += 1;
@@ -213,7 +209,7 @@ impl ClusterState {
                 let node = self
                     .nodes
                     .get_mut(name)
-                    .ok_or_else(|| not_found("node", name))?;
+                    .ok_or_else(|| Rejection::not_found("node", name))?;
                 node.maintenance = *on;
                 Ok(Response::Done)
             }
@@ -221,7 +217,7 @@ impl ClusterState {
                 let node = self
                     .nodes
                     .get_mut(name)
-                    .ok_or_else(|| not_found("node", name))?;
+                    .ok_or_else(|| Rejection::not_found("node", name))?;
                 if node.health == Health::Down {
                     return Ok(Response::Done);
                 }
@@ -279,7 +275,7 @@ impl ClusterState {
     /// A name whose previous VM may still run somewhere cannot be used yet.
     fn check_not_deleting(&self, name: &str) -> Result<(), Rejection> {
         match self.deleting.get(name) {
-            Some((node, epoch)) => Err(Rejection::Invalid {
+            Some((node, epoch)) => Err(Rejection::FailedPrecondition {
                 reason: format!(
                     "VM {name} was deleted but {node} has not yet confirmed it destroyed it (epoch {epoch}); retry in a few seconds (at most one lease once {node} is declared down)"
                 ),
@@ -578,7 +574,7 @@ mod tests {
         };
         let refused = run(&mut state, again.clone());
         assert!(
-            matches!(&refused, Err(Rejection::Invalid { reason }) if reason.contains("has not yet confirmed")),
+            matches!(&refused, Err(Rejection::FailedPrecondition { reason }) if reason.contains("has not yet confirmed")),
             "{refused:?}"
         );
         // Another node's word does not count; n1's does.

@@ -29,6 +29,7 @@ use crate::identity::{self, Identity};
 use crate::liveness::Heard;
 use crate::membership;
 use crate::metrics::NodeMetrics;
+use crate::progress_board::ProgressBoard;
 use crate::proposer::Proposer;
 use crate::service::{
     ClusterService, KvService, MigrationsService, NodesService, RaftService, SettingsService,
@@ -174,7 +175,7 @@ pub async fn run(
         proposer: proposer.clone(),
     });
     // Live progress of running migrations, kept by the leader.
-    let board = Arc::new(controllers::migration::Board::default());
+    let board = Arc::new(ProgressBoard::default());
     let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
         proposer: proposer.clone(),
         board: board.clone(),
@@ -232,13 +233,6 @@ pub async fn run(
         Bootstrap::Join(_) | Bootstrap::Existing => {}
     }
     tokio::spawn(membership::run_promoter(raft.clone(), shutdown.clone()));
-    tokio::spawn(controllers::placement::run(
-        raft.clone(),
-        node_id,
-        proposer.clone(),
-        shared.clone(),
-        shutdown.clone(),
-    ));
     let agent = Agent {
         name: config.name.clone(),
         driver,
@@ -276,30 +270,18 @@ pub async fn run(
         .run(shutdown.clone()),
     );
     tokio::spawn(agent.run(shutdown.clone()));
-    tokio::spawn(controllers::migration::run(
-        raft.clone(),
-        node_id,
-        proposer.clone(),
-        shared.clone(),
-        board,
-        shutdown.clone(),
-    ));
-    tokio::spawn(controllers::recovery::run(
-        raft.clone(),
-        node_id,
-        proposer.clone(),
-        shared.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(controllers::failure::run(
-        raft.clone(),
-        node_id,
-        proposer.clone(),
-        shared.clone(),
-        heard,
-        config.election_max,
-        shutdown.clone(),
-    ));
+    tokio::spawn(
+        controllers::Runner {
+            raft: raft.clone(),
+            node_id,
+            proposer: proposer.clone(),
+            shared: shared.clone(),
+            heard,
+            board,
+            election_max: config.election_max,
+        }
+        .run(shutdown.clone()),
+    );
 
     stop.await;
     tracing::info!("shutting down");

@@ -85,6 +85,11 @@ impl Heard {
         }
     }
 
+    /// When this leader last heard from `node`, if it has.
+    pub fn last(&self, node: &str) -> Option<Instant> {
+        self.last.lock().ok().and_then(|l| l.get(node).copied())
+    }
+
     /// When this leadership began (the first call for `term`).
     pub fn leading_since(&self, term: u64, now: Instant) -> Instant {
         let Ok(mut leading) = self.leading.lock() else {
@@ -102,14 +107,62 @@ impl Heard {
     /// How long `node` has been silent as far as this leadership can tell.
     pub fn silent_for(&self, node: &str, term: u64, now: Instant) -> Duration {
         let since = self.leading_since(term, now);
-        let last = self
-            .last
-            .lock()
-            .ok()
-            .and_then(|l| l.get(node).copied())
-            .map_or(since, |heard| heard.max(since));
+        let last = self.last(node).map_or(since, |heard| heard.max(since));
         now.saturating_duration_since(last)
     }
+}
+
+/// What the leader knows when a node asks for a lease (read from Raft's metrics).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaderStanding {
+    /// This node is the leader of `term`.
+    pub leading: bool,
+    pub term: u64,
+    /// How long ago a quorum last acknowledged this leader (`None`: never this term).
+    pub since_quorum_ack_ms: Option<u64>,
+    pub last_log_index: u64,
+}
+
+/// A lease granted to a node: it ends `lease_ms` after the node sent its heartbeat, and VMs may
+/// run under it once the node's replica has applied `log_index`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub lease_ms: u64,
+    pub log_index: u64,
+    pub term: u64,
+}
+
+/// Why no lease was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoLease {
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("leadership not confirmed by a quorum recently; no lease granted")]
+    QuorumStale,
+}
+
+/// Grants a lease only while this node leads and a quorum acknowledged it within
+/// `quorum_fresh_ms` (the minimum election timeout): a deposed leader stops granting before any
+/// successor can be elected (see the module docs).
+pub fn grant(
+    leader: LeaderStanding,
+    quorum_fresh_ms: u64,
+    lease_ms: u64,
+) -> Result<Grant, NoLease> {
+    if !leader.leading {
+        return Err(NoLease::NotLeader);
+    }
+    if leader
+        .since_quorum_ack_ms
+        .is_none_or(|ms| ms > quorum_fresh_ms)
+    {
+        return Err(NoLease::QuorumStale);
+    }
+    Ok(Grant {
+        lease_ms,
+        log_index: leader.last_log_index,
+        term: leader.term,
+    })
 }
 
 /// A silent node is down after this long: the `down_after_ms` setting, but never less than
@@ -172,6 +225,41 @@ mod tests {
         assert!(lease.valid(now + LEASE - FENCE_AHEAD - Duration::from_millis(1)));
         assert!(!lease.valid(now + LEASE - FENCE_AHEAD));
         assert!(!lease.valid(now + LEASE));
+    }
+
+    #[test]
+    fn leases_are_granted_only_by_a_leader_a_quorum_acknowledged_recently() {
+        let standing = |leading, ack| LeaderStanding {
+            leading,
+            term: 4,
+            since_quorum_ack_ms: ack,
+            last_log_index: 90,
+        };
+        let granted = grant(standing(true, Some(10)), 150, 3000);
+        assert_eq!(
+            granted,
+            Ok(Grant {
+                lease_ms: 3000,
+                log_index: 90,
+                term: 4
+            })
+        );
+        assert_eq!(
+            grant(standing(true, Some(150)), 150, 3000).map(|g| g.term),
+            Ok(4)
+        );
+        assert_eq!(
+            grant(standing(true, Some(151)), 150, 3000),
+            Err(NoLease::QuorumStale)
+        );
+        assert_eq!(
+            grant(standing(true, None), 150, 3000),
+            Err(NoLease::QuorumStale)
+        );
+        assert_eq!(
+            grant(standing(false, Some(0)), 150, 3000),
+            Err(NoLease::NotLeader)
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod migration;
+
 use paddock_model::resources::Resources;
 use paddock_model::settings::SchedulerPolicy;
 use paddock_model::vm::{check_fit, GroupIndex, Misfit, Vm};

@@ -259,21 +259,52 @@ async fn drain_moves_every_running_vm_and_bad_requests_are_refused() -> anyhow::
         Ok(all)
     });
 
-    // Bad requests: each refused with the reason.
-    let refusal = |r: anyhow::Result<u64>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    // Bad requests: each refused with the reason and the code of its kind.
+    use tonic::Code;
+    let refusal = |r: anyhow::Result<u64>| {
+        let e = r.err().unwrap_or_else(|| anyhow::anyhow!("accepted"));
+        let code = e
+            .downcast_ref::<paddock_api::client::ClientError>()
+            .and_then(|c| c.code());
+        (e.to_string(), code)
+    };
     let cases = [
-        (migrate("nope", None, "auto", 0), "no VM named nope"),
-        (migrate("d0", Some("n9"), "auto", 0), "no node named n9"),
-        (migrate("d0", Some("n1"), "auto", 0), "already runs on n1"),
-        (migrate("d0", None, "sideways", 0), "mode must be"),
-        (migrate("d0", None, "auto", 1000), "at least 1MiB"),
+        (
+            migrate("nope", None, "auto", 0),
+            "VM nope does not exist",
+            Code::NotFound,
+        ),
+        (
+            migrate("d0", Some("n9"), "auto", 0),
+            "node n9 does not exist",
+            Code::NotFound,
+        ),
+        (
+            migrate("d0", Some("n1"), "auto", 0),
+            "already runs on n1",
+            Code::InvalidArgument,
+        ),
+        (
+            migrate("d0", None, "sideways", 0),
+            "mode must be",
+            Code::InvalidArgument,
+        ),
+        (
+            migrate("d0", None, "auto", 1000),
+            "at least 1MiB",
+            Code::InvalidArgument,
+        ),
+        (
+            migrate("off", None, "auto", 0),
+            "not on any node",
+            Code::FailedPrecondition,
+        ),
     ];
-    for (request, expected) in cases {
-        let why = refusal(create(&mut client, request).await);
+    for (request, expected, code) in cases {
+        let (why, got) = refusal(create(&mut client, request).await);
         assert!(why.contains(expected), "{expected:?} not in {why:?}");
+        assert_eq!(got, Some(code), "{why}");
     }
-    let why = refusal(create(&mut client, migrate("off", None, "auto", 0)).await);
-    assert!(why.contains("not on any node"), "{why}");
     let err = client
         .migration_cancel(999)
         .await

@@ -162,7 +162,7 @@ async fn migrate(
             to: to.into(),
             mode: "auto".into(),
             bandwidth,
-            max_downtime_ms: 100,
+            max_downtime_ms: paddock_model::migration::DEFAULT_MAX_DOWNTIME_MS,
             priority: 0,
             request_id: None,
         })

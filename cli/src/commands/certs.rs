@@ -56,8 +56,9 @@ pub fn run(command: CertsCommand) -> Result<(), Failure> {
             );
         }
         CertsCommand::Client { name, dir, role } => {
-            let role =
-                Role::parse(&role).ok_or_else(|| Failure::new(exit::ERROR, "unknown role"))?;
+            let role = Role::parse(&role).ok_or_else(|| {
+                Failure::new(exit::INVALID, "unknown role: use admin, operator or viewer")
+            })?;
             CertsDir::new(&dir).issue_client(&name, role)?;
             println!(
                 "issued {}/{name}.crt for {name} with role {role}",

@@ -57,7 +57,10 @@ async fn up(
     detach: bool,
 ) -> Result<(), Failure> {
     if !(1..=7).contains(&nodes) {
-        return Err(Failure::new(exit::ERROR, "--nodes must be between 1 and 7"));
+        return Err(Failure::new(
+            exit::INVALID,
+            "--nodes must be between 1 and 7",
+        ));
     }
     if dir.join(PIDS_FILE).exists() {
         return Err(Failure::new(
@@ -98,14 +101,19 @@ async fn up(
     println!("  export PADDOCK_CERTS_DIR={}", cluster.certs.dir.display());
     println!("  paddock cluster status");
     println!("  paddock kv put greeting hello && paddock kv get greeting");
+    // Both modes record the node processes, so `dev down` stops the cluster from any terminal.
+    let pids: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.child.as_ref())
+        .map(|child| child.id().to_string())
+        .collect();
+    std::fs::write(dir.join(PIDS_FILE), pids.join("\n"))?;
     if detach {
-        let pids: Vec<String> = cluster
-            .nodes
-            .iter_mut()
-            .filter_map(|n| n.child.take())
-            .map(|child| child.id().to_string())
-            .collect();
-        std::fs::write(dir.join(PIDS_FILE), pids.join("\n"))?;
+        for node in &mut cluster.nodes {
+            // Detached: the nodes outlive this process.
+            drop(node.child.take());
+        }
         println!();
         println!(
             "Running in the background; stop with: paddock dev down --dir {}",
@@ -115,12 +123,32 @@ async fn up(
     }
     println!();
     println!(
-        "Ctrl-C stops the cluster (data stays in {}).",
+        "Ctrl-C (or `paddock dev down --dir {}` elsewhere) stops the cluster (data stays there).",
         dir.display()
     );
-    let _ = tokio::signal::ctrl_c().await;
-    println!("stopping...");
+    let all_exited = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let exited = cluster.nodes.iter_mut().all(|n| {
+                n.child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+            });
+            if exited {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            println!("stopping...");
+        }
+        () = all_exited => {
+            println!("the nodes were stopped (paddock dev down)");
+        }
+    }
     cluster.stop_all();
+    let _ = std::fs::remove_file(dir.join(PIDS_FILE));
     Ok(())
 }
 
@@ -129,14 +157,32 @@ fn down(dir: &Path) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&path).map_err(|_| {
         Failure::new(
             exit::ERROR,
-            format!("no detached cluster found ({} is missing)", path.display()),
+            format!(
+                "no dev cluster is running from {} ({} is missing); pass the --dir it was started with",
+                dir.display(),
+                path.display()
+            ),
         )
     })?;
+    // Only processes that are still this cluster's paddockd (a stale file's pids may have been
+    // reused by something else since).
     let pids: Vec<rustix::process::Pid> = text
         .lines()
         .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("paddockd"))
+        })
         .filter_map(rustix::process::Pid::from_raw)
         .collect();
+    if pids.is_empty() {
+        std::fs::remove_file(&path)?;
+        println!(
+            "no node of the dev cluster in {} was running; removed its stale process list",
+            dir.display()
+        );
+        return Ok(());
+    }
     for pid in &pids {
         let _ = rustix::process::kill_process(*pid, rustix::process::Signal::TERM);
     }

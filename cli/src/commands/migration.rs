@@ -41,9 +41,9 @@ pub struct MigrateArgs {
     /// Wire bandwidth limit per second, e.g. 500MiB [default: unlimited].
     #[arg(long, value_parser = parse_mib)]
     pub bandwidth: Option<u64>,
-    /// Longest pause of the VM at the switch, e.g. 100ms.
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    pub max_downtime: Duration,
+    /// Longest pause of the VM at the switch, e.g. 50ms [default: the cluster's, 100ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub max_downtime: Option<Duration>,
     /// Queue order among waiting migrations, 0–1000 (higher first).
     #[arg(long, default_value_t = 0)]
     pub priority: u32,
@@ -255,7 +255,8 @@ pub async fn migrate(args: MigrateArgs, global: &Global) -> Result<(), Failure> 
         to: args.to.unwrap_or_default(),
         mode: args.mode,
         bandwidth: args.bandwidth.map_or(0, |mib| mib << 20),
-        max_downtime_ms: args.max_downtime.as_millis().max(1) as u64,
+        // 0 asks for the cluster's default.
+        max_downtime_ms: args.max_downtime.map_or(0, |d| d.as_millis().max(1) as u64),
         priority: args.priority,
         request_id: None,
     };

@@ -41,20 +41,37 @@ impl Global {
     }
 }
 
-/// Turns a client error into a one-line message with a hint.
+/// Turns a client error into a one-line message and the exit code of its kind: the one place
+/// where gRPC codes become exit codes.
 pub fn client_failure(e: ClientError) -> Failure {
     use tonic::Code;
-    let message = match &e {
-        ClientError::Refused { code, message } => match code {
-            Code::PermissionDenied => format!("permission denied: {message}"),
-            Code::Unauthenticated => format!("not authenticated: {message}"),
-            Code::InvalidArgument => format!("invalid request: {message}"),
-            Code::NotFound => format!("not found: {message}"),
-            _ => message.clone(),
-        },
-        _ => e.to_string(),
+    let ClientError::Refused { code, message } = &e else {
+        let code = match e {
+            ClientError::Unreachable { .. } => exit::UNAVAILABLE,
+            _ => exit::ERROR,
+        };
+        return Failure::new(code, e.to_string());
     };
-    Failure::new(exit::ERROR, message)
+    let (code, message) = match code {
+        Code::PermissionDenied => (
+            exit::PERMISSION_DENIED,
+            format!("permission denied: {message}"),
+        ),
+        Code::Unauthenticated => (
+            exit::PERMISSION_DENIED,
+            format!("not authenticated: {message}"),
+        ),
+        Code::InvalidArgument | Code::OutOfRange => {
+            (exit::INVALID, format!("invalid request: {message}"))
+        }
+        Code::NotFound => (exit::NOT_FOUND, format!("not found: {message}")),
+        Code::AlreadyExists => (exit::ALREADY_EXISTS, format!("already exists: {message}")),
+        Code::FailedPrecondition => (exit::FAILED_PRECONDITION, message.clone()),
+        Code::ResourceExhausted => (exit::NO_CAPACITY, format!("no capacity: {message}")),
+        Code::Unavailable | Code::DeadlineExceeded => (exit::UNAVAILABLE, message.clone()),
+        _ => (exit::ERROR, message.clone()),
+    };
+    Failure::new(code, message)
 }
 
 /// Prints `value` as pretty JSON.

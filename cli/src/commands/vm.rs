@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use paddock_api::client::{Client, ClientError};
+use paddock_api::client::Client;
 use paddock_api::pb::{self, VmDetail, VmSummary};
 use paddock_model::resources::parse_mib;
 use serde_json::json;
@@ -107,7 +107,7 @@ fn key_values(flag: &str, items: &[String]) -> Result<BTreeMap<String, String>, 
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| {
                     Failure::new(
-                        exit::ERROR,
+                        exit::INVALID,
                         format!("{flag} {item:?} is not KEY=VALUE; use e.g. {flag} zone=a"),
                     )
                 })
@@ -136,7 +136,7 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                     Some(first) => first.image = image.clone(),
                     None => {
                         return Err(Failure::new(
-                            exit::ERROR,
+                            exit::INVALID,
                             "--image needs a --disk to put it on",
                         ))
                     }
@@ -159,7 +159,7 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
             let want = if args.stopped { "stopped" } else { "running" };
             if let Some(count) = args.count {
                 if count == 0 {
-                    return Err(Failure::new(exit::ERROR, "--count must be at least 1"));
+                    return Err(Failure::new(exit::INVALID, "--count must be at least 1"));
                 }
                 let names: Vec<String> =
                     (1..=count).map(|i| format!("{}-{i}", args.name)).collect();
@@ -271,13 +271,7 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
 }
 
 async fn get(client: &mut Client, name: &str) -> Result<VmDetail, Failure> {
-    client.vm_get(name, false).await.map_err(|e| match &e {
-        ClientError::Refused {
-            code: tonic::Code::NotFound,
-            message,
-        } => Failure::new(exit::NOT_FOUND, message.clone()),
-        _ => client_failure(e),
-    })
+    client.vm_get(name, false).await.map_err(client_failure)
 }
 
 /// Polls the VM until its observed state is `want`, printing each change; fails early when it

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant};
 use paddock_api::pb;
 use paddock_migration::Progress;
 use paddock_model::migration::{Migration, Phase};
-use paddock_model::settings::MigrationPolicy;
 use paddock_model::{ClientRequest, Command, Outcome};
 use paddock_raft::SharedState;
 use tokio::sync::watch;
 
-use crate::controllers::migration::{figures, Board};
 use crate::drivers::{Driver, DriverError, MigrateRequest, MigrationRole, MigrationStatus};
+use crate::progress_board::{figures, ProgressBoard};
 use crate::proposer::Proposer;
 
 /// How often open migrations are looked at; every [`FAST_TICK`] while one of this node's
@@ -38,7 +37,7 @@ pub struct Worker {
     pub driver: Arc<dyn Driver>,
     pub proposer: Arc<Proposer>,
     pub shared: SharedState,
-    pub board: Arc<Board>,
+    pub board: Arc<ProgressBoard>,
 }
 
 /// What this worker did for one migration (only to avoid repeating itself too often).
@@ -272,11 +271,8 @@ impl Worker {
                 MigrateRequest {
                     migration: m.id,
                     to,
-                    mode: m.options.mode.name().to_string(),
-                    policy: match settings.migration_policy {
-                        MigrationPolicy::Postcopy => "postcopy".into(),
-                        MigrationPolicy::Throttle => "throttle".into(),
-                    },
+                    mode: m.options.mode,
+                    policy: settings.migration_policy,
                     max_downtime_ms: m.options.max_downtime_ms,
                     bandwidth,
                     streams: settings.migration_streams as u16,
@@ -415,14 +411,16 @@ impl Worker {
             .get(&self.name)
             .map(|m| m.id);
         match self.proposer.leader() {
-            Some((leader, _)) if Some(leader) == me => self.board.put(id, progress.clone()),
+            Some((leader, _)) if Some(leader) == me => {
+                self.board.put(id, progress.clone(), Instant::now())
+            }
             Some((_, address)) => {
                 let Ok(channel) = self.proposer.channel(&address) else {
                     return;
                 };
                 let request = pb::MigrationReport {
                     id,
-                    progress_json: serde_json::to_string(progress).unwrap_or_default(),
+                    progress: Some(progress.into()),
                 };
                 let mut client = pb::migrations_client::MigrationsClient::new(channel);
                 let call = client.report(request);

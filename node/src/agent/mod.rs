@@ -1,9 +1,10 @@
 //! The agent (DESIGN.md §1): on every node, makes the local driver match the assignments in
 //! this node's replica and reports what it observes back as batched `VmObserved` commands.
 //!
-//! Each pass: list the driver's instances → destroy what is not assigned here or belongs to an
-//! older epoch → start what is assigned and desired running → stop what is desired stopped →
-//! report observed states that differ from the replica's. Passes run on every applied change
+//! Each pass: list the driver's instances → [`reconcile::reconcile`] decides (pure) → destroy
+//! what is not assigned here or belongs to an older epoch → start what is assigned and desired
+//! running → stop what is desired stopped → report observed states that differ from the
+//! replica's. Passes run on every applied change
 //! and at least every [`PASS_EVERY`], so they are idempotent and restart-safe: a restarted
 //! paddockd finds its guests through the driver and adopts them.
 //!
@@ -12,27 +13,26 @@
 //! with, and destroys every VM shortly before its lease ends (fencing).
 
 pub mod migration;
+pub mod reconcile;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paddock_model::vm::Desired;
-use paddock_model::{ClientRequest, Command, Node, Resources, VmReport, VmSpec, VmState};
+use paddock_model::{ClientRequest, Command, Node, Resources, VmState};
 use paddock_raft::{Raft, SharedState};
 use tokio::sync::watch;
 
-use crate::drivers::{Driver, Instance, InstanceState};
+use crate::drivers::{Driver, InstanceState};
 use crate::liveness::{self, Heard, Lease};
 use crate::proposer::Proposer;
 use crate::service::RaftService;
+use reconcile::{reconcile, Action, Cleanup, Replica, Reported, Standing, RESEND_AFTER};
 
 /// Longest time between two passes when nothing changes.
 pub const PASS_EVERY: Duration = Duration::from_secs(1);
 /// Shortest time between two passes (bounds the work under a burst of changes).
 const MIN_GAP: Duration = Duration::from_millis(100);
-/// A report not yet reflected in the replica is sent again after this long.
-const RESEND_AFTER: Duration = Duration::from_secs(3);
 
 pub struct Agent {
     pub name: String,
@@ -49,26 +49,6 @@ pub struct Agent {
     pub quorum_fresh_ms: u64,
     /// `--fencing watchdog`: the device fed only while the lease is valid.
     pub watchdog: Option<std::path::PathBuf>,
-}
-
-/// Where the agent stands with its lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Standing {
-    /// Valid lease and the replica has applied what it came with: VMs may run and start.
-    Leased,
-    /// Valid lease, but the replica lags: keep what runs, start nothing.
-    CatchingUp,
-    /// No valid lease: nothing may run.
-    Fenced,
-}
-
-/// One VM assigned to this node, as the replica says.
-struct Assigned {
-    epoch: u64,
-    desired: Desired,
-    spec: VmSpec,
-    observed: VmState,
-    reason: Option<String>,
 }
 
 impl Agent {
@@ -105,13 +85,13 @@ impl Agent {
             });
         }
         let mut applied = self.raft.metrics();
-        let mut sent: HashMap<String, (u64, VmState, Instant)> = HashMap::new();
+        let mut reported = Reported::default();
         let mut registered = None;
         let mut first_pass = true;
         loop {
             let current = lease.lock().ok().and_then(|l| *l);
             let busy = match self
-                .pass(current, &mut sent, &mut registered, &mut first_pass)
+                .pass(current, &mut reported, &mut registered, &mut first_pass)
                 .await
             {
                 Ok(busy) => busy,
@@ -174,11 +154,12 @@ impl Agent {
         Ok(())
     }
 
-    /// One reconciliation pass; returns whether some VM is between states.
+    /// One reconciliation pass ([`reconcile::reconcile`] decides, this executes); returns
+    /// whether some VM is between states.
     async fn pass(
         &self,
         lease: Option<Lease>,
-        sent: &mut HashMap<String, (u64, VmState, Instant)>,
+        reported: &mut Reported,
         registered: &mut Option<Instant>,
         first_pass: &mut bool,
     ) -> anyhow::Result<bool> {
@@ -196,193 +177,71 @@ impl Agent {
             return Ok(false);
         }
         self.register(registered).await?;
-        // Deleted VMs this node ran: confirmed gone once the loop below has destroyed them.
-        let deleted_here: Vec<String> = self
-            .shared
-            .read()
-            .state
-            .deleting
-            .iter()
-            .filter(|(_, (node, _))| *node == self.name)
-            .map(|(name, _)| name.clone())
-            .collect();
-        let assigned: BTreeMap<String, Assigned> = {
-            let applied = self.shared.read();
-            applied
-                .state
-                .vms
-                .values()
-                .filter_map(|vm| {
-                    let a = vm.assignment.as_ref().filter(|a| a.node == self.name)?;
-                    Some((
-                        vm.name.clone(),
-                        Assigned {
-                            epoch: a.epoch,
-                            desired: vm.desired,
-                            spec: vm.spec.clone(),
-                            observed: vm.observed,
-                            reason: vm.reason.clone(),
-                        },
-                    ))
-                })
-                .collect()
-        };
-        // Live migrations touching this node: an incoming VM is kept although not assigned
-        // here yet; a source VM is left to the migration worker (never started or stopped
-        // here) until its migration has settled.
-        let (incoming, outgoing): (BTreeMap<String, u64>, BTreeMap<String, u64>) = {
-            let applied = self.shared.read();
-            let open = applied
-                .state
-                .migrations
-                .values()
-                .filter(|m| m.ended_ms.is_none());
-            let (mut incoming, mut outgoing) = (BTreeMap::new(), BTreeMap::new());
-            for m in open {
-                if m.destination.as_deref() == Some(self.name.as_str()) && m.phase.active() {
-                    incoming.insert(m.vm.clone(), m.target_epoch);
-                }
-                if m.source == self.name {
-                    outgoing.insert(m.vm.clone(), m.source_epoch);
-                }
-            }
-            (incoming, outgoing)
-        };
-        let driver = self.driver.clone();
-        let instances = tokio::task::spawn_blocking(move || driver.list()).await??;
-        let mut by_vm: BTreeMap<String, Instance> = BTreeMap::new();
+        let replica = Replica::of(&self.shared.read().state, &self.name);
+        let instances = self.blocking(|d| d.list()).await?;
         // Whatever happens below, the next pass is no longer the first.
         let first = std::mem::replace(first_pass, false);
-        let first_pass = &first;
-        for instance in instances {
-            let current = assigned
-                .get(&instance.vm)
-                .is_some_and(|a| a.epoch == instance.epoch);
-            let arriving = incoming.get(&instance.vm) == Some(&instance.epoch);
-            // A migrated-away source stays until its migration is settled: its figures (and
-            // its memory check) are read from it first.
-            let leaving = outgoing.get(&instance.vm) == Some(&instance.epoch);
-            if !current && (arriving || leaving) {
-                // Owned by a migration under way (the worker drives it).
-                continue;
-            }
-            if current && instance.state == InstanceState::Migrated {
-                if leaving {
-                    // Migrated away; this replica has not applied the switch yet. Never
-                    // restart it.
-                    continue;
+        let plan = reconcile(&replica, instances, standing, first);
+        for (instance, why) in plan.cleanup {
+            match why {
+                Cleanup::DeadShell => {
+                    tracing::warn!(vm = %instance.vm, epoch = instance.epoch, "migrated away without a switch; starting it again from its disks")
                 }
-                // The hypervisor finished a migration whose switch never committed (libvirt
-                // completes by itself; see drivers/libvirt/migration.rs): a dead shell. The
-                // destination drops its paused copy; the VM starts again here.
-                tracing::warn!(vm = %instance.vm, epoch = instance.epoch, "migrated away without a switch; starting it again from its disks");
-                self.blocking(move |d| d.destroy(&instance.vm)).await?;
-                continue;
+                Cleanup::DeadAfterRestart => {
+                    tracing::info!(vm = %instance.vm, epoch = instance.epoch, "found dead after this node restarted; starting it again")
+                }
+                Cleanup::NotAssigned => {
+                    tracing::info!(vm = %instance.vm, epoch = instance.epoch, "destroying a VM not assigned here")
+                }
             }
-            if current && *first_pass && matches!(instance.state, InstanceState::Crashed(_)) {
-                // Dead when this daemon started: the host (or the daemon with its VMs) went
-                // down. Like VMs after a host reboot, it is started again, same epoch.
-                tracing::info!(vm = %instance.vm, epoch = instance.epoch, "found dead after this node restarted; starting it again");
-                self.blocking(move |d| d.destroy(&instance.vm)).await?;
-            } else if current {
-                by_vm.insert(instance.vm.clone(), instance);
-            } else {
-                // Not ours (any more), or an older epoch: it must not run here.
-                tracing::info!(vm = %instance.vm, epoch = instance.epoch, "destroying a VM not assigned here");
-                self.blocking(move |d| d.destroy(&instance.vm)).await?;
-            }
+            self.blocking(move |d| d.destroy(&instance.vm)).await?;
         }
-        if !deleted_here.is_empty() {
+        if !plan.gone.is_empty() {
             self.propose(Command::VmGone {
                 node: self.name.clone(),
-                vms: deleted_here,
+                vms: plan.gone,
             })
             .await?;
         }
-        let mut reports = Vec::new();
-        for (vm, a) in &assigned {
-            let state = by_vm.get(vm).map(|i| &i.state);
-            if outgoing.get(vm) == Some(&a.epoch)
-                && matches!(state, None | Some(InstanceState::Stopped))
-            {
-                // A migration owns it: starting it here could run it twice.
-                continue;
-            }
-            let observed = match (a.desired, state) {
-                (Desired::Running, None | Some(InstanceState::Stopped))
-                    if standing == Standing::CatchingUp =>
-                {
-                    // Not before this replica has seen everything the lease came with.
-                    continue;
-                }
-                (Desired::Running, None | Some(InstanceState::Stopped)) => {
-                    tracing::info!(%vm, epoch = a.epoch, "starting");
-                    let (name, epoch, spec) = (vm.clone(), a.epoch, a.spec.clone());
-                    match self.blocking(move |d| d.start(&name, epoch, &spec)).await {
-                        Ok(()) => (VmState::Starting, None),
-                        Err(e) => (VmState::Failed, Some(format!("cannot start: {e}"))),
+        let mut observations = Vec::with_capacity(plan.steps.len());
+        for step in plan.steps {
+            let (mut observed, mut reason) = (step.observed, step.reason);
+            let name = step.vm.clone();
+            match step.action {
+                Action::Observe => {}
+                Action::Start => {
+                    tracing::info!(vm = %step.vm, epoch = step.epoch, "starting");
+                    let spec = replica.assigned.get(&step.vm).map(|a| a.spec.clone());
+                    let epoch = step.epoch;
+                    let started = match spec {
+                        Some(spec) => self.blocking(move |d| d.start(&name, epoch, &spec)).await,
+                        None => Ok(()),
+                    };
+                    if let Err(e) = started {
+                        (observed, reason) = (VmState::Failed, Some(format!("cannot start: {e}")));
                     }
                 }
-                (Desired::Stopped, Some(InstanceState::Running | InstanceState::Starting)) => {
-                    tracing::info!(%vm, "stopping");
-                    let name = vm.clone();
+                Action::Stop => {
+                    tracing::info!(vm = %step.vm, "stopping");
                     self.blocking(move |d| d.stop(&name)).await?;
-                    (VmState::Stopping, None)
                 }
-                (Desired::Stopped, Some(InstanceState::Crashed(_))) => {
-                    // An operator stop clears a failure; the next start starts afresh.
-                    let name = vm.clone();
-                    self.blocking(move |d| d.destroy(&name)).await?;
-                    (VmState::Stopped, None)
-                }
-                (Desired::Stopped, None) => (VmState::Stopped, None),
-                (_, Some(InstanceState::Migrated)) => continue,
-                (_, Some(InstanceState::Incoming)) => {
-                    // Assigned here at the epoch it was prepared for: the switch committed.
-                    // Tell it (again: the source or the worker may have already), so it never
-                    // waits on a source that is gone.
-                    let name = vm.clone();
+                Action::DestroyCrashed => self.blocking(move |d| d.destroy(&name)).await?,
+                Action::Switch => {
                     if let Err(e) = self
                         .blocking(move |d| d.migration_switch(&name, true))
                         .await
                     {
-                        tracing::warn!(%vm, error = %e, "cannot tell an incoming VM it owns the VM now");
+                        tracing::warn!(vm = %step.vm, error = %e, "cannot tell an incoming VM it owns the VM now");
                     }
-                    (VmState::Starting, None)
                 }
-                (_, Some(state)) => match state {
-                    InstanceState::Starting | InstanceState::Incoming => (VmState::Starting, None),
-                    InstanceState::Migrated => continue,
-                    InstanceState::Running => (VmState::Running, None),
-                    InstanceState::Stopping => (VmState::Stopping, None),
-                    InstanceState::Stopped => (VmState::Stopped, None),
-                    InstanceState::Crashed(reason) => (VmState::Failed, Some(reason.clone())),
-                },
-            };
-            if (observed.0, &observed.1) == (a.observed, &a.reason) {
-                sent.remove(vm);
-                continue;
             }
-            let recently = sent.get(vm).is_some_and(|(epoch, state, at)| {
-                *epoch == a.epoch && *state == observed.0 && at.elapsed() < RESEND_AFTER
-            });
-            if !recently {
-                sent.insert(vm.clone(), (a.epoch, observed.0, Instant::now()));
-                reports.push(VmReport {
-                    vm: vm.clone(),
-                    epoch: a.epoch,
-                    state: observed.0,
-                    reason: observed.1,
-                });
-            }
+            observations.push((step.vm, step.epoch, observed, reason));
         }
-        sent.retain(|vm, _| assigned.contains_key(vm));
-        let busy = reports
-            .iter()
-            .any(|r| matches!(r.state, VmState::Starting | VmState::Stopping))
-            || by_vm
-                .values()
-                .any(|i| matches!(i.state, InstanceState::Starting | InstanceState::Stopping));
+        let reports = reported.due(&replica, observations, Instant::now());
+        let busy = plan.transient
+            || reports
+                .iter()
+                .any(|r| matches!(r.state, VmState::Starting | VmState::Stopping));
         if !reports.is_empty() {
             self.propose(Command::VmObserved {
                 node: self.name.clone(),

@@ -3,58 +3,135 @@
 //! left failed for an operator. Each step is one `VmRecover` command; apply decides, so a
 //! new leader simply carries on from the replicated counters.
 
-use std::sync::Arc;
-use std::time::Duration;
+use paddock_model::{ClusterState, Command, Health, VmState};
 
-use paddock_model::{ClientRequest, Command, Health, VmState};
-use paddock_raft::{NodeId, Raft, SharedState};
-use tokio::sync::watch;
+use super::{LeaderMemory, Now};
 
-use crate::proposer::Proposer;
+/// `VmRecover` for every failed HA VM on a ready node that has not been moved off it yet.
+pub fn plan(state: &ClusterState, _now: Now, _memory: &LeaderMemory) -> Vec<Command> {
+    state
+        .vms
+        .values()
+        .filter(|vm| vm.spec.ha && vm.observed == VmState::Failed)
+        .filter_map(|vm| {
+            let a = vm.assignment.as_ref()?;
+            let node_ready = state
+                .nodes
+                .get(&a.node)
+                .is_some_and(|n| n.health == Health::Ready);
+            // `avoid` names the node it crashed on once apply decided to move it.
+            let handled = vm.avoid.as_deref() == Some(a.node.as_str());
+            (node_ready && !handled).then(|| Command::VmRecover {
+                vm: vm.name.clone(),
+                epoch: a.epoch,
+            })
+        })
+        .collect()
+}
 
-const CHECK_EVERY: Duration = Duration::from_millis(500);
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
 
-pub async fn run(
-    raft: Raft,
-    node_id: NodeId,
-    proposer: Arc<Proposer>,
-    shared: SharedState,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-            _ = shutdown.changed() => return,
-        }
-        if raft.metrics().borrow().current_leader != Some(node_id) {
-            continue;
-        }
-        let crashed: Vec<(String, u64)> = {
-            let applied = shared.read();
-            let state = &applied.state;
-            state
-                .vms
-                .values()
-                .filter(|vm| vm.spec.ha && vm.observed == VmState::Failed)
-                .filter_map(|vm| {
-                    let a = vm.assignment.as_ref()?;
-                    let node_ready = state
-                        .nodes
-                        .get(&a.node)
-                        .is_some_and(|n| n.health == Health::Ready);
-                    let handled = vm.avoid.as_deref() == Some(a.node.as_str());
-                    (node_ready && !handled).then(|| (vm.name.clone(), a.epoch))
-                })
-                .collect()
+    use super::*;
+    use crate::controllers::testing::{apply, at, leading_since, node, spec, vm};
+    use crate::liveness::Heard;
+    use crate::progress_board::ProgressBoard;
+
+    fn planned(state: &ClusterState) -> Vec<Command> {
+        let (heard, board) = (Heard::default(), ProgressBoard::default());
+        let t0 = Instant::now();
+        let memory = LeaderMemory {
+            leadership: leading_since(t0),
+            heard: &heard,
+            board: &board,
+            election_max: Duration::from_millis(400),
         };
-        for (vm, epoch) in crashed {
-            let request = ClientRequest {
-                id: None,
-                command: Command::VmRecover { vm, epoch },
-            };
-            if let Err(e) = proposer.write(request).await {
-                tracing::warn!(error = %e, "cannot propose a restart; retrying");
+        plan(state, at(t0, 0, Duration::ZERO), &memory)
+    }
+
+    #[test]
+    fn recovery_cases() {
+        // (case, ha, observed, node down, expected restart)
+        let cases: &[(&str, bool, VmState, bool, bool)] = &[
+            (
+                "crashed HA VM on a ready node",
+                true,
+                VmState::Failed,
+                false,
+                true,
+            ),
+            (
+                "crashed VM without HA",
+                false,
+                VmState::Failed,
+                false,
+                false,
+            ),
+            ("running HA VM", true, VmState::Running, false, false),
+            (
+                "crashed HA VM on a node that is down (failover's job)",
+                true,
+                VmState::Failed,
+                true,
+                false,
+            ),
+        ];
+        for (case, ha, observed, node_down, expected) in cases {
+            let mut state = ClusterState::default();
+            node(&mut state, "n1");
+            vm(&mut state, "v", spec(512, *ha), Some(("n1", *observed)));
+            if *node_down {
+                if let Some(n) = state.nodes.get_mut("n1") {
+                    n.health = Health::Down;
+                }
             }
+            let got = planned(&state);
+            assert_eq!(!got.is_empty(), *expected, "{case}: {got:?}");
         }
+    }
+
+    #[test]
+    fn a_vm_apply_already_moved_off_its_node_is_left_to_placement() {
+        let mut state = ClusterState::default();
+        node(&mut state, "n1");
+        vm(
+            &mut state,
+            "v",
+            spec(512, true),
+            Some(("n1", VmState::Failed)),
+        );
+        // Past restart_limit apply marks the node to avoid and releases the VM: placement's
+        // job, not another restart here.
+        if let Some(v) = state.vms.get_mut("v") {
+            v.avoid = Some("n1".into());
+        }
+        assert!(planned(&state).is_empty());
+    }
+
+    #[test]
+    fn the_restart_names_the_current_epoch_and_is_not_repeated_once_applied() {
+        let mut state = ClusterState::default();
+        node(&mut state, "n1");
+        vm(
+            &mut state,
+            "v",
+            spec(512, true),
+            Some(("n1", VmState::Failed)),
+        );
+        let epoch = state.vms["v"].assignment.as_ref().map_or(0, |a| a.epoch);
+        let commands = planned(&state);
+        assert_eq!(
+            commands,
+            [Command::VmRecover {
+                vm: "v".into(),
+                epoch
+            }]
+        );
+        for command in commands {
+            apply(&mut state, 2, command);
+        }
+        // Restarted in place at a new epoch: no longer failed, nothing more to do.
+        assert!(planned(&state).is_empty(), "{:?}", state.vms["v"]);
     }
 }

@@ -6,6 +6,8 @@ pub mod libvirt;
 pub mod memvm;
 
 use paddock_migration::Progress;
+use paddock_model::migration::MigrationMode;
+use paddock_model::settings::MigrationPolicy;
 use paddock_model::{Resources, VmSpec};
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +43,9 @@ pub struct MigrateRequest {
     pub migration: u64,
     /// The destination's listener, `host:port`.
     pub to: String,
-    /// auto | precopy | postcopy
-    pub mode: String,
-    /// postcopy | throttle (what auto does when pre-copy stops converging)
-    pub policy: String,
+    pub mode: MigrationMode,
+    /// What `auto` does when pre-copy stops converging.
+    pub policy: MigrationPolicy,
     pub max_downtime_ms: u64,
     pub bandwidth: Option<u64>,
     pub streams: u16,

@@ -5,94 +5,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paddock_api::convert::migration_info;
 use paddock_api::pb::{self, migrations_client, migrations_server};
-use paddock_migration::Progress;
-use paddock_model::migration::{Migration, MigrationMode, MigrationOptions, Phase};
+use paddock_model::migration::{MigrationMode, MigrationOptions};
 use paddock_model::{Command, Query, QueryResult, Response as Applied};
 use tonic::{Request, Response, Status};
 
 use super::{
     caller, leader_elsewhere, refused, reply, require_node, require_writer, unexpected, write,
 };
-use crate::controllers::migration::Board;
+use crate::progress_board::ProgressBoard;
 use crate::proposer::Proposer;
 
 pub struct MigrationsService {
     pub proposer: Arc<Proposer>,
-    pub board: Arc<Board>,
-}
-
-/// A migration as the API shows it: committed figures, or live ones while it runs.
-pub fn info(m: &Migration, live: Option<Progress>) -> pb::MigrationInfo {
-    let f = &m.figures;
-    let mut out = pb::MigrationInfo {
-        id: m.id,
-        vm: m.vm.clone(),
-        source: m.source.clone(),
-        destination: m
-            .destination
-            .clone()
-            .or(m.requested.clone())
-            .unwrap_or_default(),
-        mode: m.options.mode.name().into(),
-        phase: m.phase.name().into(),
-        reason: m.reason.clone(),
-        error: m.error.clone().unwrap_or_default(),
-        priority: u32::from(m.priority),
-        bandwidth: m.options.bandwidth.unwrap_or(0),
-        max_downtime_ms: m.options.max_downtime_ms,
-        created_ms: m.created_ms,
-        started_ms: m.started_ms.unwrap_or(0),
-        switched_ms: m.switched_ms.unwrap_or(0),
-        ended_ms: m.ended_ms.unwrap_or(0),
-        total_ms: f.total_ms,
-        downtime_ms: f.downtime_ms,
-        prepare_ms: f.prepare_ms,
-        bytes_transferred: f.bytes_transferred,
-        memory_bytes: f.memory_bytes,
-        memory_sent: f.memory_sent,
-        round: f.rounds.saturating_sub(1),
-        percent: if m.phase == Phase::Completed {
-            100.0
-        } else {
-            0.0
-        },
-        compression_ratio: if f.bytes_transferred > 0 {
-            f.memory_sent as f64 / f.bytes_transferred as f64
-        } else {
-            1.0
-        },
-        postcopy: f.postcopy,
-        throttle: u32::from(f.throttle),
-        source_verified: f.source_verified,
-        counter_at_pause: f.counter_at_pause,
-        digest: f.digest.clone().unwrap_or_default(),
-        source_epoch: m.source_epoch,
-        target_epoch: m.target_epoch,
-        ..Default::default()
-    };
-    if let Some(p) = live.filter(|_| m.ended_ms.is_none()) {
-        out.live = true;
-        out.engine_phase = p.phase.clone();
-        out.total_ms = p.total_ms;
-        out.downtime_ms = p.downtime_ms;
-        out.bytes_transferred = p.bytes_sent;
-        out.memory_bytes = p.memory_bytes;
-        out.memory_sent = p.memory_sent;
-        out.remaining_bytes = p.remaining_bytes;
-        out.rate_bps = p.rate_bps;
-        out.dirty_rate_bps = p.dirty_rate_bps;
-        out.round = p.round;
-        out.percent = p.percent();
-        out.compression_ratio = p.compression_ratio();
-        out.expected_downtime_ms = p.expected_downtime_ms;
-        out.eta_secs = p.eta_secs();
-        out.postcopy = p.postcopy;
-        out.throttle = u32::from(p.throttle);
-        out.counter_at_pause = p.counter_at_pause;
-        out.digest = p.digest.clone().unwrap_or_default();
-    }
-    out
+    pub board: Arc<ProgressBoard>,
 }
 
 impl MigrationsService {
@@ -108,7 +35,7 @@ impl MigrationsService {
     async fn get_here(&self, id: u64) -> Result<pb::MigrationInfo, Status> {
         match self.proposer.read(Query::MigrationGet { id }, false).await? {
             QueryResult::Migration(Some(m)) => {
-                Ok(info(&m, self.board.get(id).map(|(p, _)| p)))
+                Ok(migration_info(&m, self.board.get(id).map(|(p, _)| p)))
             }
             QueryResult::Migration(None) => Err(Status::not_found(format!(
                 "migration {id} does not exist (finished ones are kept for the last 1000); see `paddock migration list --all`"
@@ -149,8 +76,9 @@ impl migrations_server::Migrations for MigrationsService {
             options: MigrationOptions {
                 mode,
                 bandwidth: (r.bandwidth > 0).then_some(r.bandwidth),
+                // 0: not given, the default.
                 max_downtime_ms: if r.max_downtime_ms == 0 {
-                    100
+                    MigrationOptions::default().max_downtime_ms
                 } else {
                     r.max_downtime_ms
                 },
@@ -183,7 +111,7 @@ impl migrations_server::Migrations for MigrationsService {
                 pb::MigrationListResponse {
                     migrations: list
                         .iter()
-                        .map(|m| info(m, self.board.get(m.id).map(|(p, _)| p)))
+                        .map(|m| migration_info(m, self.board.get(m.id).map(|(p, _)| p)))
                         .collect(),
                 },
             )),
@@ -280,10 +208,11 @@ impl migrations_server::Migrations for MigrationsService {
         request: Request<pb::MigrationReport>,
     ) -> Result<Response<pb::MigrationReportResponse>, Status> {
         require_node(&request)?;
-        let pb::MigrationReport { id, progress_json } = request.into_inner();
-        let progress: Progress = serde_json::from_str(&progress_json)
-            .map_err(|e| Status::invalid_argument(format!("unreadable progress: {e}")))?;
-        self.board.put(id, progress);
+        let pb::MigrationReport { id, progress } = request.into_inner();
+        let progress = progress
+            .ok_or_else(|| Status::invalid_argument("a migration report needs its progress"))?
+            .into();
+        self.board.put(id, progress, std::time::Instant::now());
         Ok(Response::new(pb::MigrationReportResponse {}))
     }
 }

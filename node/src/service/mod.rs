@@ -4,18 +4,22 @@
 mod cluster;
 mod kv;
 mod migrations;
+mod nodes;
 mod raft;
+mod settings;
 mod vms;
 
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use migrations::MigrationsService;
+pub use nodes::NodesService;
 pub use raft::RaftService;
-pub use vms::{NodesService, SettingsService, VmsService};
+pub use settings::SettingsService;
+pub use vms::VmsService;
 
 use paddock_api::certs::{peer_identity, PeerIdentity, Role};
 use paddock_api::pb;
-use paddock_model::{ClientRequest, Command, Rejection, Response as Applied};
+use paddock_model::{ClientRequest, Command, Rejection, RejectionKind, Response as Applied};
 use tonic::{Request, Response, Status};
 
 use crate::proposer::Proposer;
@@ -59,13 +63,35 @@ async fn write(
     Ok(proposer.write(request).await?)
 }
 
-/// Apply's refusals as status codes that say whose fault it was.
+/// Apply's refusals as status codes that say whose fault it was: the one place a
+/// [`RejectionKind`] becomes a gRPC code.
 fn refused(rejection: Rejection) -> Status {
-    match rejection {
-        Rejection::StaleRequest { .. } => Status::failed_precondition(rejection.to_string()),
-        Rejection::NotFound { .. } => Status::not_found(rejection.to_string()),
-        Rejection::AlreadyExists { .. } => Status::already_exists(rejection.to_string()),
-        _ => Status::invalid_argument(rejection.to_string()),
+    Status::new(code_of(rejection.kind()), rejection.to_string())
+}
+
+pub fn code_of(kind: RejectionKind) -> tonic::Code {
+    use tonic::Code;
+    match kind {
+        RejectionKind::NotFound => Code::NotFound,
+        RejectionKind::AlreadyExists => Code::AlreadyExists,
+        RejectionKind::FailedPrecondition => Code::FailedPrecondition,
+        RejectionKind::Invalid => Code::InvalidArgument,
+        RejectionKind::NoCapacity => Code::ResourceExhausted,
+        RejectionKind::Unavailable => Code::Unavailable,
+        RejectionKind::PermissionDenied => Code::PermissionDenied,
+    }
+}
+
+/// A write that answers `Done` on success.
+pub(super) async fn done(
+    proposer: &Proposer,
+    id: Option<pb::RequestId>,
+    command: Command,
+) -> Result<(), Status> {
+    match write(proposer, id, command).await? {
+        Ok(Applied::Done) => Ok(()),
+        Ok(other) => Err(unexpected(&other)),
+        Err(rejection) => Err(refused(rejection)),
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::require_node;
-use crate::liveness::Heard;
+use crate::liveness::{self, Heard};
 use crate::proposer::Proposer;
 
 pub struct RaftService {
@@ -25,7 +25,7 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    /// Grants `node` a lease if this node leads and a quorum acknowledged it recently.
+    /// Grants `node` a lease ([`liveness::grant`] decides) and remembers hearing from it.
     pub fn grant(
         raft: &Raft,
         shared: &paddock_raft::SharedState,
@@ -33,23 +33,27 @@ impl RaftService {
         quorum_fresh_ms: u64,
         node: &str,
     ) -> Result<pb::HeartbeatResponse, Status> {
-        let metrics = raft.metrics().borrow().clone();
-        if metrics.current_leader != Some(metrics.id) {
-            return Err(Status::failed_precondition("this node is not the leader"));
-        }
-        if metrics
-            .millis_since_quorum_ack
-            .is_none_or(|ms| ms > quorum_fresh_ms)
-        {
-            return Err(Status::unavailable(
-                "leadership not confirmed by a quorum recently; no lease granted",
-            ));
-        }
+        let standing = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            liveness::LeaderStanding {
+                leading: m.current_leader == Some(m.id),
+                term: m.current_term,
+                since_quorum_ack_ms: m.millis_since_quorum_ack,
+                last_log_index: m.last_log_index.unwrap_or(0),
+            }
+        };
+        let lease_ms = shared.read().state.settings.lease_ms;
+        let granted =
+            liveness::grant(standing, quorum_fresh_ms, lease_ms).map_err(|e| match e {
+                liveness::NoLease::NotLeader => Status::failed_precondition(e.to_string()),
+                liveness::NoLease::QuorumStale => Status::unavailable(e.to_string()),
+            })?;
         heard.heartbeat(node, std::time::Instant::now());
         Ok(pb::HeartbeatResponse {
-            lease_ms: shared.read().state.settings.lease_ms,
-            log_index: metrics.last_log_index.unwrap_or(0),
-            term: metrics.current_term,
+            lease_ms: granted.lease_ms,
+            log_index: granted.log_index,
+            term: granted.term,
         })
     }
 }

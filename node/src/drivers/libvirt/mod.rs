@@ -691,9 +691,9 @@ mod tests {
         let request = MigrateRequest {
             migration: 21,
             to: "test:///default".into(),
-            mode: "auto".into(),
-            policy: "postcopy".into(),
-            max_downtime_ms: 100,
+            mode: paddock_model::migration::MigrationMode::Auto,
+            policy: paddock_model::settings::MigrationPolicy::Postcopy,
+            max_downtime_ms: paddock_model::migration::DEFAULT_MAX_DOWNTIME_MS,
             bandwidth: None,
             streams: 1,
             target_epoch: 3,

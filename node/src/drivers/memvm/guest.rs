@@ -28,7 +28,7 @@ use paddock_migration::run::{
     SourceGuest, SourceHandle,
 };
 use paddock_migration::wire::GuestCpu;
-use paddock_migration::{AutoPolicy, Memory, Params, PAGE};
+use paddock_migration::{Memory, Params, PAGE};
 use serde::{Deserialize, Serialize};
 
 use super::control::{self, MigrateRequest, Reply, Request, Role};
@@ -674,16 +674,7 @@ fn start_outgoing(shared: &Arc<Shared>, tls: Option<&GuestTls>, m: MigrateReques
         Ok(c) => c,
         Err(e) => return Reply::error(e.to_string()),
     };
-    let (Some(mode), policy) = (
-        paddock_migration::Mode::parse(&m.mode),
-        if m.policy == "throttle" {
-            AutoPolicy::Throttle
-        } else {
-            AutoPolicy::Postcopy
-        },
-    ) else {
-        return Reply::error(format!("unknown mode {:?}", m.mode));
-    };
+    let (mode, policy) = (m.mode, m.policy);
     let to = m.to.clone();
     let connect = Box::new(move |_channel| -> std::io::Result<BoxConn> {
         let stream = paddock_migration::tls::connect(&client, &to)?;

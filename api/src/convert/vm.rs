@@ -1,73 +1,11 @@
-//! Conversions between protobuf messages and model types.
+//! VM specs, summaries and details.
 
 use paddock_model::query::VmSummary;
 use paddock_model::vm::{Constraints, Disk};
-use paddock_model::{Command, RequestId, Vm, VmSpec};
+use paddock_model::{Vm, VmSpec};
 
+use super::non_empty;
 use crate::pb;
-
-impl From<pb::RequestId> for RequestId {
-    fn from(id: pb::RequestId) -> Self {
-        RequestId {
-            client: id.client,
-            seq: id.seq,
-        }
-    }
-}
-
-impl From<RequestId> for pb::RequestId {
-    fn from(id: RequestId) -> Self {
-        pb::RequestId {
-            client: id.client,
-            seq: id.seq,
-        }
-    }
-}
-
-impl pb::PutRequest {
-    pub fn command(&self) -> Command {
-        Command::KvPut {
-            key: self.key.clone(),
-            value: self.value.clone(),
-        }
-    }
-}
-
-impl pb::DeleteRequest {
-    pub fn command(&self) -> Command {
-        Command::KvDelete {
-            key: self.key.clone(),
-        }
-    }
-}
-
-impl pb::CasRequest {
-    pub fn command(&self) -> Command {
-        Command::KvCas {
-            key: self.key.clone(),
-            expect: (!self.expect_absent).then(|| self.expect.clone()),
-            value: self.value.clone(),
-        }
-    }
-}
-
-/// An optional protobuf value: `(found, value)` pairs stand for `Option<String>` on the wire.
-pub fn split_option(value: Option<String>) -> (bool, String) {
-    match value {
-        Some(v) => (true, v),
-        None => (false, String::new()),
-    }
-}
-
-/// The inverse of [`split_option`].
-pub fn join_option(found: bool, value: String) -> Option<String> {
-    found.then_some(value)
-}
-
-/// Empty string ⇄ absent, for optional proto3 strings.
-fn non_empty(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_string())
-}
 
 impl From<&pb::VmSpec> for VmSpec {
     fn from(spec: &pb::VmSpec) -> Self {

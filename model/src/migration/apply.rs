@@ -1,190 +1,11 @@
-//! Live migrations as replicated objects (DESIGN.md §7), and node drains built on them.
-//!
-//! ```text
-//!   pending ──Start──▶ preparing ──Prepared──▶ transferring ──Switch──▶ switching ──Finish──▶ completed
-//!      │                   │                        │           (epoch + 1: ownership moves)
-//!      │                   └────────Fail────────────┴──▶ failed ──RolledBack──▶ rolled_back
-//!      └──────────Cancel (any phase before switching)──▶ cancelled (source confirms it resumed)
-//! ```
-//!
-//! The ownership switch is one command: the VM's assignment moves from the source to the
-//! destination with the epoch reserved at `Start`, only if the VM is still assigned to the
-//! source at the epoch the migration started from. The destination resumes only after it has
-//! been applied; the source resumes only after a committed `Fail`/`Cancel` or a refused
-//! `Switch`. Destination resources are reserved from `Start` and released on failure.
+//! Apply of the migration commands and of node drains: one command per phase change, the
+//! ownership switch as one command with the epoch reserved at `Start`.
 
-use serde::{Deserialize, Serialize};
-
+use super::{MigrationFigures, MigrationOptions, Phase, KEEP_FINISHED};
 use crate::command::{Outcome, Rejection, Response};
+use crate::node::Drain;
 use crate::state::ClusterState;
 use crate::vm::{check_fit, Assignment, Desired, VmState};
-
-/// Finished migrations kept for `paddock migration list/show`; older ones are dropped first.
-pub const KEEP_FINISHED: usize = 1000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MigrationMode {
-    Auto,
-    Precopy,
-    Postcopy,
-}
-
-impl MigrationMode {
-    pub fn parse(text: &str) -> Option<MigrationMode> {
-        match text {
-            "auto" => Some(MigrationMode::Auto),
-            "precopy" => Some(MigrationMode::Precopy),
-            "postcopy" => Some(MigrationMode::Postcopy),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MigrationMode::Auto => "auto",
-            MigrationMode::Precopy => "precopy",
-            MigrationMode::Postcopy => "postcopy",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationOptions {
-    pub mode: MigrationMode,
-    /// Wire bytes per second for this migration (`None`: the node's share, if any).
-    pub bandwidth: Option<u64>,
-    pub max_downtime_ms: u64,
-}
-
-impl Default for MigrationOptions {
-    fn default() -> MigrationOptions {
-        MigrationOptions {
-            mode: MigrationMode::Auto,
-            bandwidth: None,
-            max_downtime_ms: 100,
-        }
-    }
-}
-
-impl MigrationOptions {
-    /// Limits that do not depend on the state.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(1..=60_000).contains(&self.max_downtime_ms) {
-            return Err(format!(
-                "max downtime must be 1 ms – 60 s, not {} ms",
-                self.max_downtime_ms
-            ));
-        }
-        if self.bandwidth.is_some_and(|b| b < 1 << 20) {
-            return Err("bandwidth must be at least 1MiB (per second)".into());
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Phase {
-    Pending,
-    Preparing,
-    Transferring,
-    Switching,
-    Completed,
-    Failed,
-    RolledBack,
-    Cancelled,
-}
-
-impl Phase {
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Pending => "pending",
-            Phase::Preparing => "preparing",
-            Phase::Transferring => "transferring",
-            Phase::Switching => "switching",
-            Phase::Completed => "completed",
-            Phase::Failed => "failed",
-            Phase::RolledBack => "rolled_back",
-            Phase::Cancelled => "cancelled",
-        }
-    }
-
-    /// Holds a migration slot (and the destination's reservation).
-    pub fn active(self) -> bool {
-        matches!(
-            self,
-            Phase::Preparing | Phase::Transferring | Phase::Switching
-        )
-    }
-
-    /// Before the ownership switch: may still be cancelled or fail back to the source.
-    pub fn before_switch(self) -> bool {
-        matches!(
-            self,
-            Phase::Pending | Phase::Preparing | Phase::Transferring
-        )
-    }
-}
-
-/// Final figures, committed with the result (live ones are kept in the leader's memory).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigrationFigures {
-    pub total_ms: u64,
-    pub downtime_ms: Option<u64>,
-    pub prepare_ms: u64,
-    /// Bytes on the wire.
-    pub bytes_transferred: u64,
-    pub memory_bytes: u64,
-    /// Guest memory carried by those bytes.
-    pub memory_sent: u64,
-    pub rounds: u32,
-    pub postcopy: bool,
-    pub throttle: u8,
-    pub counter_at_pause: Option<u64>,
-    pub digest: Option<String>,
-    pub source_verified: Option<bool>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Migration {
-    pub id: u64,
-    pub vm: String,
-    pub source: String,
-    /// The source assignment's epoch when the migration was created.
-    pub source_epoch: u64,
-    /// Asked for with `--to`.
-    pub requested: Option<String>,
-    /// Chosen at start.
-    pub destination: Option<String>,
-    /// The epoch the VM gets on the destination at the switch (reserved at start).
-    pub target_epoch: u64,
-    /// Where the destination listens for the source's connections.
-    pub address: Option<String>,
-    pub options: MigrationOptions,
-    pub priority: u16,
-    /// Why it exists: "operator", "drain NODE", "evacuate NODE".
-    pub reason: String,
-    pub phase: Phase,
-    pub error: Option<String>,
-    /// Failed or cancelled after preparing: the source agent confirmed its guest runs on.
-    pub source_resumed: bool,
-    pub created_ms: u64,
-    pub started_ms: Option<u64>,
-    pub switched_ms: Option<u64>,
-    pub ended_ms: Option<u64>,
-    pub figures: MigrationFigures,
-}
-
-/// A node being emptied by live migration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Drain {
-    /// Evacuate: stopped VMs leave too, and the node enters maintenance when done.
-    pub evacuate: bool,
-    pub started_ms: u64,
-    pub done: bool,
-    /// VMs still on the node when the drain ended (could not be migrated: see their
-    /// migrations).
-    pub left: Vec<String>,
-}
 
 fn not_found(id: u64) -> Rejection {
     Rejection::NotFound {
@@ -207,44 +28,46 @@ impl ClusterState {
     }
 
     /// Checks that `vm` may start migrating now.
-    fn check_migratable(&self, vm_name: &str, destination: Option<&str>) -> Result<(), String> {
+    fn check_migratable(&self, vm_name: &str, destination: Option<&str>) -> Result<(), Rejection> {
         let vm = self
             .vms
             .get(vm_name)
-            .ok_or_else(|| format!("no VM named {vm_name}"))?;
+            .ok_or_else(|| Rejection::not_found("VM", vm_name))?;
         let Some(assignment) = &vm.assignment else {
-            return Err(format!("{vm_name} is not on any node"));
+            return Err(Rejection::precondition(format!(
+                "{vm_name} is not on any node"
+            )));
         };
         if vm.desired != Desired::Running || vm.observed != VmState::Running {
-            return Err(format!(
+            return Err(Rejection::precondition(format!(
                 "{vm_name} is {} (desired {}): only running VMs are live-migrated; a stopped VM starts wherever the scheduler puts it",
                 vm.observed.name(),
                 vm.desired.name()
-            ));
+            )));
         }
         if let Some(m) = self.open_migration(vm_name) {
-            return Err(format!(
+            return Err(Rejection::precondition(format!(
                 "{vm_name} is already migrating (migration {}, {})",
                 m.id,
                 m.phase.name()
-            ));
+            )));
         }
         if let Some(to) = destination {
             let node = self
                 .nodes
                 .get(to)
-                .ok_or_else(|| format!("no node named {to}"))?;
+                .ok_or_else(|| Rejection::not_found("node", to))?;
             if to == assignment.node {
-                return Err(format!("{vm_name} already runs on {to}"));
+                return Err(invalid(format!("{vm_name} already runs on {to}")));
             }
             let source_driver = self.nodes.get(&assignment.node).map(|n| n.driver.as_str());
             if source_driver != Some(node.driver.as_str()) {
-                return Err(format!(
+                return Err(Rejection::precondition(format!(
                     "{to} runs the {} driver and {} the {}: live migration needs the same driver on both",
                     node.driver,
                     assignment.node,
                     source_driver.unwrap_or("unknown")
-                ));
+                )));
             }
         }
         Ok(())
@@ -385,7 +208,7 @@ impl ClusterState {
             );
             return Ok(());
         }
-        Err(invalid(format!(
+        Err(Rejection::precondition(format!(
             "{vm} is migrating (migration {id}, {}); wait for it, or `paddock migration cancel {id}` first",
             phase.name()
         )))
@@ -446,8 +269,7 @@ impl ClusterState {
                 priority,
                 reason,
             } => {
-                self.check_migratable(vm, destination.as_deref())
-                    .map_err(invalid)?;
+                self.check_migratable(vm, destination.as_deref())?;
                 let id = self.insert_migration(
                     vm,
                     destination.clone(),
@@ -464,7 +286,7 @@ impl ClusterState {
             C::MigrationStart { id, destination } => {
                 let m = self.migrations.get(id).ok_or_else(|| not_found(*id))?;
                 if m.phase != Phase::Pending {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "migration {id} is {}, not pending",
                         m.phase.name()
                     )));
@@ -472,13 +294,13 @@ impl ClusterState {
                 let vm = self
                     .vms
                     .get(&m.vm)
-                    .ok_or_else(|| invalid(format!("VM {} no longer exists", m.vm)))?;
+                    .ok_or_else(|| Rejection::not_found("VM", &m.vm))?;
                 let at_source = vm
                     .assignment
                     .as_ref()
                     .is_some_and(|a| a.node == m.source && a.epoch == m.source_epoch);
                 if !at_source || destination == &m.source {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "VM {} moved since migration {id} was requested",
                         m.vm
                     )));
@@ -486,15 +308,18 @@ impl ClusterState {
                 let node = self
                     .nodes
                     .get(destination)
-                    .ok_or_else(|| invalid(format!("no node named {destination}")))?;
+                    .ok_or_else(|| Rejection::not_found("node", destination))?;
                 if !node.schedulable() {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "{destination} takes no new VMs ({})",
                         node.state_name()
                     )));
                 }
-                check_fit(node, &node.free(), &vm.spec, &self.groups)
-                    .map_err(|misfit| invalid(misfit.describe(1).replacen("1 ", "node ", 1)))?;
+                check_fit(node, &node.free(), &vm.spec, &self.groups).map_err(|misfit| {
+                    Rejection::NoCapacity {
+                        reason: misfit.describe(1).replacen("1 ", "node ", 1),
+                    }
+                })?;
                 let resources = vm.spec.resources();
                 self.epoch += 1;
                 let epoch = self.epoch;
@@ -519,7 +344,7 @@ impl ClusterState {
             } => {
                 let m = self.migrations.get_mut(id).ok_or_else(|| not_found(*id))?;
                 if m.phase != Phase::Preparing {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "migration {id} is {}, not preparing",
                         m.phase.name()
                     )));
@@ -532,7 +357,7 @@ impl ClusterState {
             C::MigrationSwitch { id } => {
                 let m = self.migrations.get(id).ok_or_else(|| not_found(*id))?;
                 if m.phase != Phase::Transferring {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "migration {id} is {}: the switch happens only from transferring",
                         m.phase.name()
                     )));
@@ -546,13 +371,13 @@ impl ClusterState {
                 let vm = self
                     .vms
                     .get(&vm_name)
-                    .ok_or_else(|| invalid(format!("VM {vm_name} no longer exists")))?;
+                    .ok_or_else(|| Rejection::not_found("VM", &vm_name))?;
                 let at_source = vm
                     .assignment
                     .as_ref()
                     .is_some_and(|a| a.node == source && a.epoch == m.source_epoch);
                 if !at_source {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "VM {vm_name} is no longer at {source} epoch {}",
                         m.source_epoch
                     )));
@@ -631,7 +456,7 @@ impl ClusterState {
             C::MigrationCancel { id } => {
                 let m = self.migrations.get(id).ok_or_else(|| not_found(*id))?;
                 if !m.phase.before_switch() {
-                    return Err(invalid(format!(
+                    return Err(Rejection::precondition(format!(
                         "migration {id} is {}: only a migration before its switch can be cancelled",
                         m.phase.name()
                     )));
@@ -681,7 +506,7 @@ impl ClusterState {
             name: name.to_string(),
         })?;
         if node.health != crate::Health::Ready {
-            return Err(invalid(format!(
+            return Err(Rejection::precondition(format!(
                 "{name} is down: there is nothing to live-migrate from it (HA restarts its VMs elsewhere)"
             )));
         }
@@ -736,7 +561,7 @@ impl ClusterState {
                     );
                     created.push((vm_name, id));
                 }
-                Err(why) => refused.push((vm_name, why)),
+                Err(why) => refused.push((vm_name, why.to_string())),
             }
         }
         Ok(Response::Migrations { created, refused })
@@ -946,7 +771,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(again, Err(Rejection::Invalid { reason }) if reason.contains("already migrating"))
+            matches!(again, Err(Rejection::FailedPrecondition { reason }) if reason.contains("already migrating"))
         );
         let to_itself = apply(
             &mut state,

@@ -1,0 +1,32 @@
+//! Nodes of the inventory.
+
+use std::collections::BTreeMap;
+
+use paddock_model::query::NodeEntry;
+use paddock_model::Member;
+
+use crate::pb;
+
+/// `entry` as the API shows it; `members` gives the node's address (Raft membership).
+pub fn node_info(entry: NodeEntry, members: &BTreeMap<String, Member>) -> pb::NodeInfo {
+    let NodeEntry { node, vms } = entry;
+    let address = members
+        .get(&node.name)
+        .map(|m| m.address.clone())
+        .unwrap_or_default();
+    let free = node.free();
+    pb::NodeInfo {
+        address,
+        state: node.state_name().to_string(),
+        cpus: node.capacity.cpus,
+        memory_mib: node.capacity.memory_mib,
+        disk_mib: node.capacity.disk_mib,
+        cpus_free: free.cpus,
+        memory_free_mib: free.memory_mib,
+        disk_free_mib: free.disk_mib,
+        labels: node.labels.into_iter().collect(),
+        vms,
+        driver: node.driver,
+        name: node.name,
+    }
+}

@@ -1,0 +1,134 @@
+//! The Nodes service: the inventory (list with suspects, cordon, maintenance, drain,
+//! evacuate). Writes become commands in the log; reads are linearizable unless `stale`.
+
+use std::sync::Arc;
+
+use paddock_api::convert::node_info;
+use paddock_api::pb::{self, nodes_client, nodes_server};
+use paddock_model::{Command, Query, QueryResult};
+use paddock_raft::SharedState;
+use tonic::{Request, Response, Status};
+
+use super::{caller, done, leader_elsewhere, reply, require_writer, unexpected, NO_LEADER};
+use crate::proposer::Proposer;
+
+pub struct NodesService {
+    pub proposer: Arc<Proposer>,
+    pub shared: SharedState,
+    pub raft: paddock_raft::Raft,
+    /// The leader's memory of heartbeats: nodes silent for more than two heartbeat intervals
+    /// are listed as `suspect` (never committed: only `down` is).
+    pub heard: Arc<crate::liveness::Heard>,
+}
+
+impl NodesService {
+    /// On the leader: nodes it has not heard from for two heartbeat intervals are `suspect`.
+    fn mark_suspects(&self, nodes: &mut [pb::NodeInfo]) {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(metrics.id) {
+            return;
+        }
+        let heartbeat = self.shared.read().state.settings.heartbeat_ms;
+        let now = std::time::Instant::now();
+        for node in nodes {
+            if matches!(node.state.as_str(), "ready" | "cordoned") {
+                let silent = self.heard.silent_for(&node.name, metrics.current_term, now);
+                if silent.as_millis() as u64 > 2 * heartbeat {
+                    node.state = "suspect".into();
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl nodes_server::Nodes for NodesService {
+    async fn list(
+        &self,
+        request: Request<pb::NodeListRequest>,
+    ) -> Result<Response<pb::NodeListResponse>, Status> {
+        caller(&request)?;
+        let stale = request.into_inner().stale;
+        // Only the leader knows who is suspect: a linearizable list is answered by it.
+        if !stale {
+            let leader = leader_elsewhere(&self.proposer)
+                .map_err(|_| Status::unavailable(format!("{NO_LEADER}, or pass --stale")))?;
+            if let Some(address) = leader {
+                let channel = self.proposer.channel(&address)?;
+                return nodes_client::NodesClient::new(channel)
+                    .list(pb::NodeListRequest { stale: false })
+                    .await;
+            }
+        }
+        match self.proposer.read(Query::NodeList, stale).await? {
+            QueryResult::Nodes(entries) => {
+                let mut nodes: Vec<pb::NodeInfo> = {
+                    let members = self.shared.read().state.members.clone();
+                    entries
+                        .into_iter()
+                        .map(|e| node_info(e, &members))
+                        .collect()
+                };
+                self.mark_suspects(&mut nodes);
+                Ok(reply(&self.proposer, pb::NodeListResponse { nodes }))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn cordon(
+        &self,
+        request: Request<pb::CordonRequest>,
+    ) -> Result<Response<pb::CordonResponse>, Status> {
+        require_writer(&request)?;
+        let pb::CordonRequest {
+            name,
+            cordoned,
+            request_id,
+        } = request.into_inner();
+        done(
+            &self.proposer,
+            request_id,
+            Command::NodeCordon { name, cordoned },
+        )
+        .await?;
+        Ok(reply(&self.proposer, pb::CordonResponse {}))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
+        require_writer(&request)?;
+        let pb::DrainRequest {
+            name,
+            evacuate,
+            request_id,
+        } = request.into_inner();
+        super::migrations::created(
+            &self.proposer,
+            request_id,
+            Command::NodeDrain { name, evacuate },
+        )
+        .await
+    }
+
+    async fn maintenance(
+        &self,
+        request: Request<pb::MaintenanceRequest>,
+    ) -> Result<Response<pb::CordonResponse>, Status> {
+        require_writer(&request)?;
+        let pb::MaintenanceRequest {
+            name,
+            on,
+            request_id,
+        } = request.into_inner();
+        done(
+            &self.proposer,
+            request_id,
+            Command::NodeMaintenance { name, on },
+        )
+        .await?;
+        Ok(reply(&self.proposer, pb::CordonResponse {}))
+    }
+}
