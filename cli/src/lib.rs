@@ -4,5 +4,4 @@
 
 pub mod bench;
 pub mod commands;
-pub mod local_cluster;
 pub mod output;

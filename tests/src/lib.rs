@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use paddock_api::client::{Client, ClientError};
-pub use paddock_cli::local_cluster::{LocalCluster, LocalClusterSpec};
+pub use paddock_testkit::local_cluster::{LocalCluster, LocalClusterSpec};
 
 /// Builds `paddockd` and `paddock` once per test binary (a no-op when fresh), so tests never
 /// run a stale daemon, and returns the directory holding them.
@@ -189,7 +189,7 @@ pub async fn vm_summary(
 /// Run intervals of `vm` recorded by the memvm guests on every node: (node, epoch, start, end),
 /// oldest first.
 pub fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64)> {
-    let mut runs: Vec<_> = paddock_chaos::vm_workload::run_intervals(cluster)
+    let mut runs: Vec<_> = paddock_testkit::memvm::run_intervals(cluster)
         .into_iter()
         .filter(|r| r.vm == vm)
         .map(|r| (r.node, r.epoch, r.start_ms, r.end_ms))

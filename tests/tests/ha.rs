@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use paddock_api::client::Client;
 use paddock_api::pb;
-use paddock_cli::local_cluster::LocalCluster;
+use paddock_testkit::local_cluster::LocalCluster;
 use paddock_tests::{cluster, intervals, memvm_cluster, serial, spec, until, vm_summary, WAIT};
 
 async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
@@ -276,7 +276,7 @@ async fn a_crashing_ha_vm_restarts_in_place_then_elsewhere_then_stays_failed() -
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_isolated_host_is_fenced_and_its_ha_vm_runs_elsewhere() -> anyhow::Result<()> {
-    use paddock_chaos::proxy::{LinkMode, LinkProxy};
+    use paddock_testkit::proxy::{LinkMode, LinkProxy};
     let _serial = serial().await;
     let (_dir, mut cluster) = cluster(spec(3))?;
     // Every node-to-node link through a proxy, as in the chaos harness.

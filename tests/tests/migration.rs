@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use paddock_api::client::Client;
 use paddock_api::pb;
-use paddock_cli::local_cluster::LocalCluster;
+use paddock_testkit::local_cluster::LocalCluster;
 use paddock_tests::{intervals, memvm_cluster, serial, until, vm_summary, WAIT};
 
 /// Guests rewrite whole pages (incompressible), so a bandwidth cap makes a transfer slow.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use paddock_api::client::Client;
 use paddock_api::pb;
-use paddock_chaos::vm_workload::{alive, host_guests};
-use paddock_cli::local_cluster::LocalCluster;
+use paddock_testkit::local_cluster::LocalCluster;
+use paddock_testkit::memvm::{alive, host_guests};
 use paddock_tests::{cluster, serial, spec, until, WAIT};
 
 /// A 3-node cluster where node i offers `cpus[i]` vCPUs and 4 GiB, with zone labels

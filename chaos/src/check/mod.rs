@@ -104,7 +104,7 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
     let availability = availability(&events, fault_windows);
     let vms = match std::fs::read(dir.join("vms_final.json")) {
         Ok(bytes) => {
-            let final_state: crate::vm_workload::VmsFinal = serde_json::from_slice(&bytes)?;
+            let final_state: crate::workloads::vm::VmsFinal = serde_json::from_slice(&bytes)?;
             let mut report = vms::check(&final_state);
             let (failures, offset_ms) = host_failures(dir);
             let ops = timed_ops(dir, offset_ms);
@@ -113,7 +113,7 @@ pub fn check_dir(dir: &Path, fault_windows: &[(u64, u64)]) -> anyhow::Result<Rep
                 &final_state.runs,
                 &failures,
                 &ops,
-                crate::vm_workload::is_ha,
+                crate::workloads::vm::is_ha,
                 RECOVERY_BOUND_MS,
             );
             Some(report)
@@ -221,7 +221,7 @@ fn host_failures(dir: &Path) -> (Vec<vms::HostFailure>, u64) {
 fn timed_ops(dir: &Path, offset_ms: u64) -> Vec<vms::TimedOp> {
     let text = std::fs::read_to_string(dir.join("vm_ops.jsonl")).unwrap_or_default();
     text.lines()
-        .filter_map(|l| serde_json::from_str::<crate::vm_workload::VmOp>(l).ok())
+        .filter_map(|l| serde_json::from_str::<crate::workloads::vm::VmOp>(l).ok())
         .filter(|op| op.kind == "invoke")
         .map(|op| vms::TimedOp {
             wall_ms: offset_ms + op.time / 1_000_000,

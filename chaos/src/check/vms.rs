@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::vm_workload::{ClusterVm, HostGuest, RunInterval, VmsFinal};
+use paddock_testkit::memvm::{HostGuest, RunInterval};
+
+use crate::workloads::vm::{ClusterVm, VmsFinal};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VmReport {
@@ -101,7 +103,7 @@ pub fn check(final_state: &VmsFinal) -> VmReport {
 
 /// Every migration ended; every completed one proved the destination's memory equal to the
 /// frozen source's (the digest checked before the switch, and the source's full pass after).
-pub fn migration_problems(migrations: &[crate::vm_workload::MigrationEnd]) -> Vec<String> {
+pub fn migration_problems(migrations: &[crate::workloads::vm::MigrationEnd]) -> Vec<String> {
     let mut problems = Vec::new();
     for m in migrations {
         if !m.ended {
@@ -387,7 +389,7 @@ mod tests {
 
     #[test]
     fn migrations_must_end_and_completed_ones_must_prove_the_memory() {
-        let end = |id, phase: &str, ended, verified| crate::vm_workload::MigrationEnd {
+        let end = |id, phase: &str, ended, verified| crate::workloads::vm::MigrationEnd {
             id,
             vm: "v".into(),
             source: "n1".into(),

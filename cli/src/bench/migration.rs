@@ -13,8 +13,8 @@ use paddock_api::client::Client;
 use paddock_api::pb;
 
 use super::start_cluster_with;
-use crate::local_cluster::LocalCluster;
 use crate::output::Failure;
+use paddock_testkit::local_cluster::LocalCluster;
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

@@ -10,8 +10,8 @@ use clap::Subcommand;
 use paddock_api::client::Client;
 use serde_json::json;
 
-use crate::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 use crate::output::{parse_duration, Failure};
+use paddock_testkit::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use crate::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 use crate::output::{exit, Failure};
+use paddock_testkit::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {

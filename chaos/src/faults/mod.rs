@@ -1,6 +1,8 @@
 //! The fault schedule: derived from the seed alone, so the same seed injects the same faults at
 //! the same offsets (which node is "the leader" is decided when the fault fires).
 
+pub(crate) mod inject;
+
 use std::time::Duration;
 
 use serde::Serialize;
