@@ -8,15 +8,21 @@ use std::time::Duration;
 
 use clap::Parser;
 use paddock_raft::StorageKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// paddockd — the Paddock daemon. Run one on every host; started with the same --peers list,
 /// the daemons form a Raft cluster by themselves.
-#[derive(Debug, Parser)]
+///
+/// Each key is declared once, here: clap reads it from a flag or its environment variable,
+/// serde from the TOML file (the same name in snake_case), and [`Flags::over`] lays the flags
+/// over the file without naming any key.
+#[derive(Debug, Default, Parser, Serialize, Deserialize)]
 #[command(name = "paddockd", version, about, long_about = None)]
+#[serde(default, deny_unknown_fields)]
 pub struct Flags {
     /// TOML file with the same keys as the flags (snake_case: data_dir, listen, peers, ...).
     #[arg(long, env = "PADDOCK_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// This node's name: its stable identity in the cluster (a-z, 0-9, '-', '_').
     #[arg(long, env = "PADDOCK_NAME")]
@@ -37,8 +43,10 @@ pub struct Flags {
     /// Directory with ca.crt and this node's NAME.crt / NAME.key (see `paddock certs`).
     #[arg(long, env = "PADDOCK_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
-    /// Initial members, the same on every node: n1=host:port,n2=host:port,n3=host:port.
+    /// Initial members, the same on every node: n1=host:port,n2=host:port,n3=host:port (in
+    /// the file also a table: [peers] n1 = "host:port").
     #[arg(long, env = "PADDOCK_PEERS")]
+    #[serde(deserialize_with = "text_or_table")]
     pub peers: Option<String>,
     /// Join a running cluster through any of its members (host:port).
     #[arg(long, env = "PADDOCK_JOIN", conflicts_with = "peers")]
@@ -46,6 +54,7 @@ pub struct Flags {
     /// Dial peer NAME at HOST:PORT instead of its advertised address (NAT, proxies, the chaos
     /// harness); repeatable: --route n2=10.1.0.2:7001.
     #[arg(long = "route", env = "PADDOCK_ROUTES", value_delimiter = ',')]
+    #[serde(deserialize_with = "list_or_table")]
     pub routes: Vec<String>,
     /// Storage engine of the Raft log: redb (default) or sled.
     #[arg(long, env = "PADDOCK_STORAGE")]
@@ -100,6 +109,7 @@ pub struct Flags {
     pub disk: Option<String>,
     /// Node label for placement constraints, KEY=VALUE; repeatable.
     #[arg(long = "label", env = "PADDOCK_LABELS", value_delimiter = ',')]
+    #[serde(deserialize_with = "list_or_table")]
     pub labels: Vec<String>,
     /// memvm: pages each guest dirties per second [default: 2000].
     #[arg(long, env = "PADDOCK_MEMVM_DIRTY_RATE")]
@@ -115,41 +125,63 @@ pub struct Flags {
     pub memvm_fill: Option<String>,
 }
 
-/// The same keys, from the TOML file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    name: Option<String>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    advertise: Option<String>,
-    http: Option<String>,
-    certs_dir: Option<PathBuf>,
-    /// Either "n1=h:p,n2=h:p" or a table { n1 = "h:p", ... }.
-    peers: Option<PeersValue>,
-    join: Option<String>,
-    routes: Option<BTreeMap<String, String>>,
-    storage: Option<String>,
-    heartbeat_ms: Option<u64>,
-    election_min_ms: Option<u64>,
-    election_max_ms: Option<u64>,
-    snapshot_every: Option<u64>,
-    keep_logs: Option<u64>,
-    log: Option<String>,
-    driver: Option<String>,
-    fencing: Option<String>,
-    watchdog_device: Option<PathBuf>,
-    libvirt_uri: Option<String>,
-    libvirt_migrate_uri: Option<String>,
-    libvirt_migrate_tls: Option<bool>,
-    cpus: Option<u32>,
-    memory: Option<String>,
-    disk: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    memvm_dirty_rate: Option<u64>,
-    memvm_working_set: Option<String>,
-    memvm_dirty_bytes: Option<usize>,
-    memvm_fill: Option<String>,
+impl Flags {
+    /// These flags over `file`: every key given here wins, the others come from the file.
+    pub fn over(self, file: Flags) -> Result<Flags, ConfigError> {
+        let to_value = |flags: &Flags| {
+            serde_json::to_value(flags).map_err(|e| {
+                invalid(format!(
+                    "the configuration cannot be read: {e} (paths must be UTF-8)"
+                ))
+            })
+        };
+        let (mut merged, from_file) = (to_value(&self)?, to_value(&file)?);
+        if let (Some(merged), serde_json::Value::Object(from_file)) =
+            (merged.as_object_mut(), from_file)
+        {
+            for (key, value) in from_file {
+                let unset = merged
+                    .get(&key)
+                    .is_none_or(|v| v.is_null() || v.as_array().is_some_and(|a| a.is_empty()));
+                if unset {
+                    merged.insert(key, value);
+                }
+            }
+        }
+        let mut flags: Flags = serde_json::from_value(merged)
+            .map_err(|e| invalid(format!("the configuration cannot be merged: {e}")))?;
+        flags.config = self.config;
+        Ok(flags)
+    }
+}
+
+/// A list in flags; in the file a list, a comma-separated string or a table `{ k = "v" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrTable {
+    Text(String),
+    List(Vec<String>),
+    Table(BTreeMap<String, String>),
+}
+
+impl ListOrTable {
+    fn items(self) -> Vec<String> {
+        match self {
+            ListOrTable::Text(text) => text.split(',').map(str::to_string).collect(),
+            ListOrTable::List(items) => items,
+            ListOrTable::Table(table) => {
+                table.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+            }
+        }
+    }
+}
+
+fn list_or_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(ListOrTable::deserialize(d)?.items())
+}
+
+fn text_or_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<ListOrTable>::deserialize(d)?.map(|v| v.items().join(",")))
 }
 
 /// The hypervisor driver a node uses.
@@ -177,13 +209,6 @@ pub struct HostConfig {
     pub memvm_working_set_mib: u64,
     pub memvm_dirty_bytes: usize,
     pub memvm_fill_mib: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PeersValue {
-    Text(String),
-    Table(BTreeMap<String, String>),
 }
 
 /// How this node enters the cluster.
@@ -239,41 +264,30 @@ fn invalid(message: impl Into<String>) -> ConfigError {
 impl NodeConfig {
     /// Merges flags (and environment) over the config file, then checks everything.
     pub fn from_flags(flags: Flags) -> Result<NodeConfig, ConfigError> {
-        let file = match &flags.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+        let flags = match &flags.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                flags.over(file)?
+            }
+            None => flags,
         };
-        let name = flags.name.or(file.name).ok_or_else(|| {
+        let name = flags.name.ok_or_else(|| {
             invalid("--name is required: give this node a stable name, e.g. --name n1")
         })?;
         paddock_model::ids::validate_node_name(&name).map_err(invalid)?;
-        let data_dir = flags.data_dir.or(file.data_dir).ok_or_else(|| {
+        let data_dir = flags.data_dir.ok_or_else(|| {
             invalid("--data-dir is required: a directory for this node's log and state")
         })?;
-        let listen_text = flags.listen.or(file.listen).ok_or_else(|| {
+        let listen_text = flags.listen.ok_or_else(|| {
             invalid("--listen is required: the host:port to serve on, e.g. --listen 127.0.0.1:7001")
         })?;
         let listen = parse_addr("--listen", &listen_text)?;
-        let http = flags
-            .http
-            .or(file.http)
-            .map(|h| parse_addr("--http", &h))
-            .transpose()?;
-        let certs_dir = flags.certs_dir.or(file.certs_dir).ok_or_else(|| {
+        let http = flags.http.map(|h| parse_addr("--http", &h)).transpose()?;
+        let certs_dir = flags.certs_dir.ok_or_else(|| {
             invalid("--certs-dir is required: a directory with ca.crt and this node's certificate (see `paddock certs`)")
         })?;
-        let peers_text = match (flags.peers, file.peers) {
-            (Some(text), _) | (None, Some(PeersValue::Text(text))) => Some(text),
-            (None, Some(PeersValue::Table(table))) => Some(
-                table
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
-            (None, None) => None,
-        };
-        let join = flags.join.or(file.join);
+        let peers_text = flags.peers;
+        let join = flags.join;
         let bootstrap = match (peers_text, join) {
             (Some(_), Some(_)) => return Err(invalid("--peers and --join exclude each other: --peers forms a new cluster, --join enters a running one")),
             (Some(text), None) => Bootstrap::Peers(parse_peers(&text)?),
@@ -283,7 +297,7 @@ impl NodeConfig {
             }
             (None, None) => Bootstrap::Existing,
         };
-        let advertise = match (flags.advertise.or(file.advertise), &bootstrap) {
+        let advertise = match (flags.advertise, &bootstrap) {
             (Some(a), _) => {
                 parse_addr_like("--advertise", &a)?;
                 a
@@ -309,33 +323,15 @@ impl NodeConfig {
                 Some(_) => {}
             }
         }
-        // The file's table and the flags go through the same checks.
-        let routes_text = if flags.routes.is_empty() {
-            file.routes
-                .unwrap_or_default()
-                .iter()
-                .map(|(name, address)| format!("{name}={address}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        } else {
-            flags.routes.join(",")
-        };
-        let routes = parse_named_addresses("--route", &routes_text)?;
+        let routes = parse_named_addresses("--route", &flags.routes.join(","))?;
         let storage = flags
             .storage
-            .or(file.storage)
             .map(|s| s.parse::<StorageKind>().map_err(invalid))
             .transpose()?
             .unwrap_or(StorageKind::Redb);
-        let heartbeat = flags.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50);
-        let election_min = flags
-            .election_min_ms
-            .or(file.election_min_ms)
-            .unwrap_or(200);
-        let election_max = flags
-            .election_max_ms
-            .or(file.election_max_ms)
-            .unwrap_or(400);
+        let heartbeat = flags.heartbeat_ms.unwrap_or(50);
+        let election_min = flags.election_min_ms.unwrap_or(200);
+        let election_max = flags.election_max_ms.unwrap_or(400);
         if heartbeat == 0 || election_min <= heartbeat * 2 || election_max <= election_min {
             return Err(invalid(format!(
                 "unsafe Raft timings: heartbeat {heartbeat} ms, election timeout {election_min}-{election_max} ms; \
@@ -343,11 +339,8 @@ impl NodeConfig {
                  (defaults: 50 ms, 200-400 ms)"
             )));
         }
-        let snapshot_every = flags
-            .snapshot_every
-            .or(file.snapshot_every)
-            .unwrap_or(10_000);
-        let keep_logs = flags.keep_logs.or(file.keep_logs).unwrap_or(1_000);
+        let snapshot_every = flags.snapshot_every.unwrap_or(10_000);
+        let keep_logs = flags.keep_logs.unwrap_or(1_000);
         if snapshot_every == 0 {
             return Err(invalid("--snapshot-every must be at least 1"));
         }
@@ -357,7 +350,7 @@ impl NodeConfig {
             })
             .transpose()
         };
-        let driver = match flags.driver.or(file.driver).as_deref() {
+        let driver = match flags.driver.as_deref() {
             None | Some("memvm") => DriverKind::Memvm,
             Some("libvirt") => DriverKind::Libvirt,
             Some(other) => {
@@ -366,26 +359,16 @@ impl NodeConfig {
                 )))
             }
         };
-        let labels_text = if flags.labels.is_empty() {
-            file.labels
-                .unwrap_or_default()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-        } else {
-            flags.labels
-        };
-        let labels = parse_labels(&labels_text)?;
-        let cpus = flags.cpus.or(file.cpus);
+        let labels = parse_labels(&flags.labels)?;
+        let cpus = flags.cpus;
         if cpus == Some(0) {
             return Err(invalid("--cpus must be at least 1"));
         }
-        let watchdog = match flags.fencing.or(file.fencing).as_deref() {
+        let watchdog = match flags.fencing.as_deref() {
             None | Some("none") => None,
             Some("watchdog") => Some(
                 flags
                     .watchdog_device
-                    .or(file.watchdog_device)
                     .unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
             ),
             Some(other) => {
@@ -399,30 +382,19 @@ impl NodeConfig {
             watchdog,
             libvirt_uri: flags
                 .libvirt_uri
-                .or(file.libvirt_uri)
                 .unwrap_or_else(|| "qemu:///system".to_string()),
             libvirt_migrate_uri: flags
                 .libvirt_migrate_uri
-                .or(file.libvirt_migrate_uri)
                 .unwrap_or_else(|| "qemu+tls://{host}/system".to_string()),
-            libvirt_migrate_tls: flags
-                .libvirt_migrate_tls
-                .or(file.libvirt_migrate_tls)
-                .unwrap_or(true),
+            libvirt_migrate_tls: flags.libvirt_migrate_tls.unwrap_or(true),
             cpus,
-            memory_mib: size("--memory", flags.memory.or(file.memory))?,
-            disk_mib: size("--disk", flags.disk.or(file.disk))?,
+            memory_mib: size("--memory", flags.memory)?,
+            disk_mib: size("--disk", flags.disk)?,
             labels,
-            memvm_dirty_rate: flags
-                .memvm_dirty_rate
-                .or(file.memvm_dirty_rate)
-                .unwrap_or(2000),
-            memvm_working_set_mib: size(
-                "--memvm-working-set",
-                flags.memvm_working_set.or(file.memvm_working_set),
-            )?
-            .unwrap_or(16),
-            memvm_dirty_bytes: match flags.memvm_dirty_bytes.or(file.memvm_dirty_bytes) {
+            memvm_dirty_rate: flags.memvm_dirty_rate.unwrap_or(2000),
+            memvm_working_set_mib: size("--memvm-working-set", flags.memvm_working_set)?
+                .unwrap_or(16),
+            memvm_dirty_bytes: match flags.memvm_dirty_bytes {
                 None => 8,
                 Some(n) if (8..=4096).contains(&n) => n,
                 Some(n) => {
@@ -431,8 +403,7 @@ impl NodeConfig {
                     )))
                 }
             },
-            memvm_fill_mib: size("--memvm-fill", flags.memvm_fill.or(file.memvm_fill))?
-                .unwrap_or(0),
+            memvm_fill_mib: size("--memvm-fill", flags.memvm_fill)?.unwrap_or(0),
         };
         Ok(NodeConfig {
             name,
@@ -451,7 +422,6 @@ impl NodeConfig {
             keep_logs,
             log: flags
                 .log
-                .or(file.log)
                 .unwrap_or_else(|| "info,openraft=warn".to_string()),
             host,
         })
@@ -478,7 +448,7 @@ pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, Config
     Ok(labels)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Flags, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_path_buf(),
         source,
@@ -648,6 +618,27 @@ mod tests {
         assert_eq!(cfg.heartbeat, Duration::from_millis(80));
         assert_eq!(cfg.data_dir, PathBuf::from("/d"));
         assert!(matches!(cfg.bootstrap, Bootstrap::Peers(ref p) if p.len() == 2));
+
+        // Lists as tables or arrays, and flags' lists replace the file's.
+        std::fs::write(
+            &path,
+            "name = \"n1\"\ndata_dir = \"/d\"\nlisten = \"127.0.0.1:7001\"\ncerts_dir = \"/c\"\npeers = \"n1=127.0.0.1:7001\"\nlabels = [\"zone=a\", \"rack=r1\"]\n[routes]\nn2 = \"127.0.0.1:9002\"\n",
+        )
+        .expect("write");
+        let cfg = NodeConfig::from_flags(flags(&["--config", path_text])).expect("valid");
+        assert_eq!(cfg.host.labels.get("rack").map(String::as_str), Some("r1"));
+        assert_eq!(
+            cfg.routes.get("n2").map(String::as_str),
+            Some("127.0.0.1:9002")
+        );
+        let cfg = NodeConfig::from_flags(flags(&["--config", path_text, "--label", "zone=b"]))
+            .expect("valid");
+        assert_eq!(cfg.host.labels.len(), 1, "{:?}", cfg.host.labels);
+        assert_eq!(cfg.host.labels.get("zone").map(String::as_str), Some("b"));
+        // The file may not name the file.
+        std::fs::write(&path, "config = \"/etc/other.toml\"\n").expect("write");
+        let err = NodeConfig::from_flags(flags(&["--config", path_text])).expect_err("unknown key");
+        assert!(err.to_string().contains("config"), "{err}");
 
         std::fs::write(&path, "name = \"n1\"\nlisten_on = \"x\"\n").expect("write");
         let err = NodeConfig::from_flags(flags(&["--config", path_text])).expect_err("unknown key");
