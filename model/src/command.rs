@@ -372,7 +372,17 @@ impl Command {
             | Command::NodeMaintenance { .. }
             | Command::VmRecover { .. }
             | Command::VmGone { .. } => Ok(()),
-            Command::MigrationCreate { options, .. } => options.validate().map_err(invalid),
+            Command::MigrationCreate {
+                options, priority, ..
+            } => {
+                if *priority > crate::migration::MAX_PRIORITY {
+                    return Err(invalid(format!(
+                        "priority must be 0–{}, not {priority}",
+                        crate::migration::MAX_PRIORITY
+                    )));
+                }
+                options.validate().map_err(invalid)
+            }
             Command::MigrationStart { .. }
             | Command::MigrationPrepared { .. }
             | Command::MigrationSwitch { .. }

@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod command;
 pub mod ids;
+mod inventory;
 pub mod migration;
 pub mod node;
 pub mod query;
@@ -22,7 +23,6 @@ pub mod resources;
 pub mod settings;
 pub mod state;
 pub mod vm;
-mod vm_commands;
 
 pub use command::{
     ClientRequest, Command, Outcome, Placement, Proposal, Rejection, RejectionKind, Response,

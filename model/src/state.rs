@@ -149,7 +149,7 @@ impl ClusterState {
             | Command::MigrationCancel { .. }
             | Command::NodeDrain { .. }
             | Command::NodeDrained { .. } => self.apply_migration_command(command, at_ms),
-            _ => self.apply_vm_command(command, at_ms),
+            _ => self.apply_inventory_command(command, at_ms),
         }
     }
 

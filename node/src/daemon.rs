@@ -29,6 +29,7 @@ use crate::identity::{self, Identity};
 use crate::liveness::Heard;
 use crate::membership;
 use crate::metrics::NodeMetrics;
+use crate::ops::Ops;
 use crate::progress_board::ProgressBoard;
 use crate::proposer::Proposer;
 use crate::service::{
@@ -145,39 +146,36 @@ pub async fn run(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Every client call goes through the operations layer (authorization, checks, proposing).
+    let ops = Arc::new(Ops::new(proposer.clone(), shared.clone()));
     let cluster_service = pb::cluster_server::ClusterServer::new(ClusterService {
         raft: raft.clone(),
-        proposer: proposer.clone(),
+        ops: ops.clone(),
         shared: shared.clone(),
         contact,
         node_name: config.name.clone(),
         cluster_id: cluster_id.clone(),
         storage: config.storage.as_str(),
     });
-    let kv_service = pb::kv_server::KvServer::new(KvService {
-        proposer: proposer.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let kv_service = pb::kv_server::KvServer::new(KvService { ops: ops.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let nodes_service = pb::nodes_server::NodesServer::new(NodesService {
-        proposer: proposer.clone(),
+        ops: ops.clone(),
         shared: shared.clone(),
         raft: raft.clone(),
         heard: heard.clone(),
     })
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let vms_service = pb::vms_server::VmsServer::new(VmsService {
-        proposer: proposer.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let settings_service = pb::settings_server::SettingsServer::new(SettingsService {
-        proposer: proposer.clone(),
-    });
+    let vms_service = pb::vms_server::VmsServer::new(VmsService { ops: ops.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let settings_service =
+        pb::settings_server::SettingsServer::new(SettingsService { ops: ops.clone() });
     // Live progress of running migrations, kept by the leader.
     let board = Arc::new(ProgressBoard::default());
     let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
-        proposer: proposer.clone(),
+        ops: ops.clone(),
         board: board.clone(),
     });
     let mut grpc_shutdown = shutdown.clone();

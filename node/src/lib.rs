@@ -19,6 +19,7 @@ pub mod identity;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;
+pub mod ops;
 pub mod progress_board;
 pub mod proposer;
 pub mod service;

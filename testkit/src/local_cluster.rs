@@ -356,10 +356,35 @@ impl LocalCluster {
                 }
             }
             if started.elapsed() > timeout {
-                bail!("no leader agreed on by all running nodes within {timeout:?} (seen: {leaders:?}); see the node logs in {}", self.dir.display());
+                // Tests delete their directories on failure: the logs' ends go with the error.
+                bail!(
+                    "no leader agreed on by all running nodes within {timeout:?} (seen: {leaders:?}); see the node logs in {}{}",
+                    self.dir.display(),
+                    self.log_tails(12)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The last `lines` lines of every node's log, for error messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!(
+                "\n--- {} ({}running), last lines of {}:",
+                node.name,
+                if node.child.is_some() { "" } else { "not " },
+                node.log_path.display()
+            ));
+            for line in tail.into_iter().rev() {
+                out.push_str("\n  ");
+                out.push_str(line);
+            }
+        }
+        out
     }
 
     /// Stops every node: SIGTERM, then kill after a grace period; then their VMs.

@@ -1,8 +1,43 @@
 //! Migrations and their live progress.
 
-use paddock_model::migration::{Migration, Phase, Progress};
+use paddock_model::migration::{Migration, MigrationMode, MigrationOptions, Phase, Progress};
+use paddock_model::{Command, Rejection};
 
 use crate::pb;
+
+impl pb::MigrationCreateRequest {
+    /// The command an operator's request is. Unset fields take the defaults: mode `auto`, the
+    /// default max downtime, no bandwidth limit, the scheduler's destination.
+    pub fn command(&self) -> Result<Command, Rejection> {
+        let defaults = MigrationOptions::default();
+        let mode = if self.mode.is_empty() {
+            defaults.mode
+        } else {
+            MigrationMode::parse(&self.mode).ok_or_else(|| Rejection::Invalid {
+                reason: format!(
+                    "mode must be auto, precopy or postcopy, not {:?}",
+                    self.mode
+                ),
+            })?
+        };
+        Ok(Command::MigrationCreate {
+            vm: self.vm.clone(),
+            destination: (!self.to.is_empty()).then(|| self.to.clone()),
+            options: MigrationOptions {
+                mode,
+                bandwidth: (self.bandwidth > 0).then_some(self.bandwidth),
+                max_downtime_ms: if self.max_downtime_ms == 0 {
+                    defaults.max_downtime_ms
+                } else {
+                    self.max_downtime_ms
+                },
+            },
+            // Out of range for u16 is out of range for the model's check too.
+            priority: u16::try_from(self.priority).unwrap_or(u16::MAX),
+            reason: "operator".into(),
+        })
+    }
+}
 
 /// A migration as the API shows it: committed figures, or live ones while it runs.
 pub fn migration_info(m: &Migration, live: Option<Progress>) -> pb::MigrationInfo {

@@ -23,6 +23,8 @@ pub use progress::Progress;
 
 /// The longest pause of the guest at the switch a migration aims for unless asked otherwise.
 pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 100;
+/// Highest queue priority an operator may give a migration.
+pub const MAX_PRIORITY: u16 = 1000;
 /// Pre-copy gives up (rolls back) after this many rounds without converging, with any driver.
 pub const MAX_PRECOPY_ROUNDS: u32 = 30;
 

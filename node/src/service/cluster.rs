@@ -13,15 +13,15 @@ use paddock_raft::network::PeerContact;
 use paddock_raft::{MemberNode, NodeId, Raft, SharedState};
 use tonic::{Request, Response, Status};
 
-use super::{caller, leader_elsewhere, require_admin};
-use crate::proposer::Proposer;
+use super::{authorized, leader_elsewhere};
+use crate::ops::{Action, Ops};
 
 /// A member counts as reachable if it answered the leader within this window.
 const REACHABLE_WINDOW: Duration = Duration::from_secs(2);
 
 pub struct ClusterService {
     pub raft: Raft,
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
     pub shared: SharedState,
     pub contact: PeerContact,
     pub node_name: String,
@@ -91,8 +91,10 @@ impl ClusterService {
 
     /// A client of the leader's Cluster service, or `Unavailable` while there is none.
     fn leader_client(&self) -> Result<Option<ClusterClient<tonic::transport::Channel>>, Status> {
-        match leader_elsewhere(&self.proposer)? {
-            Some(address) => Ok(Some(ClusterClient::new(self.proposer.channel(&address)?))),
+        match leader_elsewhere(self.ops.proposer())? {
+            Some(address) => Ok(Some(ClusterClient::new(
+                self.ops.proposer().channel(&address)?,
+            ))),
             None => Ok(None),
         }
     }
@@ -118,7 +120,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        caller(&request)?;
+        authorized(&request, Action::ClusterStatus)?;
         let mut status = self.local_status();
         status.commit_index = self
             .raft
@@ -149,7 +151,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        require_admin(&request)?;
+        authorized(&request, Action::MemberAdd)?;
         if let Some(mut leader) = self.leader_client()? {
             return leader.join(request.into_inner()).await;
         }
@@ -193,7 +195,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        require_admin(&request)?;
+        authorized(&request, Action::MemberRemove)?;
         if let Some(mut leader) = self.leader_client()? {
             return leader.remove_member(request.into_inner()).await;
         }

@@ -2,30 +2,38 @@
 
 use std::sync::Arc;
 
+use paddock_api::certs::PeerIdentity;
 use paddock_api::convert::{join_option, split_option};
 use paddock_api::pb::{self, kv_server};
 use paddock_model::query::MAX_LIST_LIMIT;
 use paddock_model::{Command, Query, QueryResult, Rejection, Response as Applied};
 use tonic::{Request, Response, Status};
 
-use super::{caller, refused, reply, require_writer, unexpected, write};
-use crate::proposer::Proposer;
+use super::{caller, refused, reply, unexpected};
+use crate::ops::{OpError, Ops};
 
 pub struct KvService {
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
 }
 
 impl KvService {
     fn reply<T>(&self, message: T) -> Response<T> {
-        reply(&self.proposer, message)
+        reply(self.ops.proposer(), message)
     }
 
+    /// The outer error is the transport's, the inner apply's answer (a CAS mismatch is an
+    /// answer, not an error).
     async fn write(
         &self,
+        who: &PeerIdentity,
         id: Option<pb::RequestId>,
         command: Command,
     ) -> Result<Result<Applied, Rejection>, Status> {
-        write(&self.proposer, id, command).await
+        match self.ops.write(who, id.map(Into::into), command).await {
+            Ok(applied) => Ok(Ok(applied)),
+            Err(OpError::Refused(rejection)) => Ok(Err(rejection)),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -35,9 +43,9 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetResponse>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let pb::GetRequest { key, stale } = request.into_inner();
-        match self.proposer.read(Query::KvGet { key }, stale).await? {
+        match self.ops.read(&who, Query::KvGet { key }, stale).await? {
             QueryResult::Value(value) => {
                 let (found, value) = split_option(value);
                 Ok(self.reply(pb::GetResponse { found, value }))
@@ -52,9 +60,12 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let request = request.into_inner();
-        match self.write(request.request_id, request.command()).await? {
+        match self
+            .write(&who, request.request_id, request.command())
+            .await?
+        {
             Ok(Applied::Put { previous }) => {
                 let (had_previous, previous) = split_option(previous);
                 Ok(self.reply(pb::PutResponse {
@@ -71,9 +82,12 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let request = request.into_inner();
-        match self.write(request.request_id, request.command()).await? {
+        match self
+            .write(&who, request.request_id, request.command())
+            .await?
+        {
             Ok(Applied::Deleted { previous }) => Ok(self.reply(pb::DeleteResponse {
                 existed: previous.is_some(),
             })),
@@ -86,9 +100,12 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<pb::CasRequest>,
     ) -> Result<Response<pb::CasResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let request = request.into_inner();
-        match self.write(request.request_id, request.command()).await? {
+        match self
+            .write(&who, request.request_id, request.command())
+            .await?
+        {
             Ok(Applied::Swapped) => Ok(self.reply(pb::CasResponse {
                 swapped: true,
                 current_found: false,
@@ -111,7 +128,7 @@ impl kv_server::Kv for KvService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let request = request.into_inner();
         let query = Query::KvList {
             prefix: request.prefix,
@@ -122,7 +139,7 @@ impl kv_server::Kv for KvService {
                 request.limit
             },
         };
-        match self.proposer.read(query, request.stale).await? {
+        match self.ops.read(&who, query, request.stale).await? {
             QueryResult::Entries { entries, more } => Ok(self.reply(pb::ListResponse {
                 entries: entries
                     .into_iter()

@@ -5,20 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use paddock_api::certs::PeerIdentity;
 use paddock_api::convert::migration_info;
 use paddock_api::pb::{self, migrations_client, migrations_server};
-use paddock_model::migration::{MigrationMode, MigrationOptions};
 use paddock_model::{Command, Query, QueryResult, Response as Applied};
 use tonic::{Request, Response, Status};
 
-use super::{
-    caller, leader_elsewhere, refused, reply, require_node, require_writer, unexpected, write,
-};
+use super::{authorized, caller, leader_elsewhere, reply, unexpected};
+use crate::ops::{Action, Ops};
 use crate::progress_board::ProgressBoard;
-use crate::proposer::Proposer;
 
 pub struct MigrationsService {
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
     pub board: Arc<ProgressBoard>,
 }
 
@@ -28,12 +26,12 @@ impl MigrationsService {
         address: &str,
     ) -> Result<migrations_client::MigrationsClient<tonic::transport::Channel>, Status> {
         Ok(migrations_client::MigrationsClient::new(
-            self.proposer.channel(address)?,
+            self.ops.proposer().channel(address)?,
         ))
     }
 
-    async fn get_here(&self, id: u64) -> Result<pb::MigrationInfo, Status> {
-        match self.proposer.read(Query::MigrationGet { id }, false).await? {
+    async fn get_here(&self, who: &PeerIdentity, id: u64) -> Result<pb::MigrationInfo, Status> {
+        match self.ops.read(who, Query::MigrationGet { id }, false).await? {
             QueryResult::Migration(Some(m)) => {
                 Ok(migration_info(&m, self.board.get(id).map(|(p, _)| p)))
             }
@@ -54,60 +52,31 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationCreateRequest>,
     ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
-        let mode = if r.mode.is_empty() {
-            MigrationMode::Auto
-        } else {
-            MigrationMode::parse(&r.mode).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "mode must be auto, precopy or postcopy, not {:?}",
-                    r.mode
-                ))
-            })?
-        };
-        let priority = u16::try_from(r.priority)
-            .ok()
-            .filter(|p| *p <= 1000)
-            .ok_or_else(|| Status::invalid_argument("priority must be 0–1000"))?;
-        let command = Command::MigrationCreate {
-            vm: r.vm,
-            destination: (!r.to.is_empty()).then_some(r.to),
-            options: MigrationOptions {
-                mode,
-                bandwidth: (r.bandwidth > 0).then_some(r.bandwidth),
-                // 0: not given, the default.
-                max_downtime_ms: if r.max_downtime_ms == 0 {
-                    MigrationOptions::default().max_downtime_ms
-                } else {
-                    r.max_downtime_ms
-                },
-            },
-            priority,
-            reason: "operator".into(),
-        };
-        created(&self.proposer, r.request_id, command).await
+        let command = r.command().map_err(super::refused)?;
+        created(&self.ops, &who, r.request_id, command).await
     }
 
     async fn list(
         &self,
         request: Request<pb::MigrationListRequest>,
     ) -> Result<Response<pb::MigrationListResponse>, Status> {
-        caller(&request)?;
+        let who = authorized(&request, Action::MigrationRead)?;
         let finished = request.into_inner().finished;
-        if let Some(address) = leader_elsewhere(&self.proposer)? {
+        if let Some(address) = leader_elsewhere(self.ops.proposer())? {
             return self
                 .client(&address)?
                 .list(pb::MigrationListRequest { finished })
                 .await;
         }
         match self
-            .proposer
-            .read(Query::MigrationList { finished }, false)
+            .ops
+            .read(&who, Query::MigrationList { finished }, false)
             .await?
         {
             QueryResult::Migrations(list) => Ok(reply(
-                &self.proposer,
+                self.ops.proposer(),
                 pb::MigrationListResponse {
                     migrations: list
                         .iter()
@@ -123,15 +92,15 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationGetRequest>,
     ) -> Result<Response<pb::MigrationInfo>, Status> {
-        caller(&request)?;
+        let who = authorized(&request, Action::MigrationRead)?;
         let id = request.into_inner().id;
-        if let Some(address) = leader_elsewhere(&self.proposer)? {
+        if let Some(address) = leader_elsewhere(self.ops.proposer())? {
             return self
                 .client(&address)?
                 .get(pb::MigrationGetRequest { id })
                 .await;
         }
-        Ok(reply(&self.proposer, self.get_here(id).await?))
+        Ok(reply(self.ops.proposer(), self.get_here(&who, id).await?))
     }
 
     type WatchStream = WatchStream;
@@ -140,18 +109,18 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationGetRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        caller(&request)?;
+        let who = authorized(&request, Action::MigrationRead)?;
         let id = request.into_inner().id;
         // Each update is a Get answered by the leader (whichever node that is by then), so a
         // watch survives leader changes.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let proposer = self.proposer.clone();
+        let ops = self.ops.clone();
         let board = self.board.clone();
         tokio::spawn(async move {
-            let here = MigrationsService { proposer, board };
+            let here = MigrationsService { ops, board };
             let mut last: Option<pb::MigrationInfo> = None;
             loop {
-                let next = match leader_elsewhere(&here.proposer) {
+                let next = match leader_elsewhere(here.ops.proposer()) {
                     Ok(Some(address)) => match here.client(&address) {
                         Ok(mut client) => client
                             .get(pb::MigrationGetRequest { id })
@@ -159,7 +128,7 @@ impl migrations_server::Migrations for MigrationsService {
                             .map(Response::into_inner),
                         Err(e) => Err(e),
                     },
-                    Ok(None) => here.get_here(id).await,
+                    Ok(None) => here.get_here(&who, id).await,
                     Err(e) => Err(e),
                 };
                 match next {
@@ -194,20 +163,23 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationCancelRequest>,
     ) -> Result<Response<pb::MigrationCancelResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::MigrationCancelRequest { id, request_id } = request.into_inner();
-        match write(&self.proposer, request_id, Command::MigrationCancel { id }).await? {
-            Ok(Applied::Done) => Ok(reply(&self.proposer, pb::MigrationCancelResponse {})),
-            Ok(other) => Err(unexpected(&other)),
-            Err(rejection) => Err(refused(rejection)),
-        }
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::MigrationCancel { id },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::MigrationCancelResponse {}))
     }
 
     async fn report(
         &self,
         request: Request<pb::MigrationReport>,
     ) -> Result<Response<pb::MigrationReportResponse>, Status> {
-        require_node(&request)?;
+        authorized(&request, Action::Internal)?;
         let pb::MigrationReport { id, progress } = request.into_inner();
         let progress = progress
             .ok_or_else(|| Status::invalid_argument("a migration report needs its progress"))?
@@ -217,15 +189,17 @@ impl migrations_server::Migrations for MigrationsService {
     }
 }
 
-/// Proposes a command that answers `Migrations` and converts the answer.
+/// Proposes a command that answers `Migrations` (a migration asked for, a drain) and converts
+/// the answer.
 pub async fn created(
-    proposer: &Proposer,
+    ops: &Ops,
+    who: &PeerIdentity,
     request_id: Option<pb::RequestId>,
     command: Command,
 ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
-    match write(proposer, request_id, command).await? {
-        Ok(Applied::Migrations { created, refused }) => Ok(reply(
-            proposer,
+    match ops.write(who, request_id.map(Into::into), command).await? {
+        Applied::Migrations { created, refused } => Ok(reply(
+            ops.proposer(),
             pb::MigrationCreateResponse {
                 created: created
                     .into_iter()
@@ -237,7 +211,6 @@ pub async fn created(
                     .collect(),
             },
         )),
-        Ok(other) => Err(unexpected(&other)),
-        Err(rejection) => Err(refused(rejection)),
+        other => Err(unexpected(&other)),
     }
 }

@@ -1,5 +1,7 @@
-//! gRPC handlers. They check who is calling, convert between protobuf and model types, and
-//! hand the work to the proposer or to openraft; no cluster logic lives here.
+//! gRPC handlers: adapters over the operations layer ([`crate::ops`]). They authenticate the
+//! caller (its client certificate), convert between protobuf and model types, and hand the
+//! work to `Ops` (which authorizes, checks and proposes) or, for Raft traffic, to openraft; no
+//! cluster logic lives here.
 
 mod cluster;
 mod kv;
@@ -17,11 +19,11 @@ pub use raft::RaftService;
 pub use settings::SettingsService;
 pub use vms::VmsService;
 
-use paddock_api::certs::{peer_identity, PeerIdentity, Role};
-use paddock_api::pb;
-use paddock_model::{ClientRequest, Command, Rejection, RejectionKind, Response as Applied};
+use paddock_api::certs::{peer_identity, PeerIdentity};
+use paddock_model::RejectionKind;
 use tonic::{Request, Response, Status};
 
+use crate::ops::{Action, OpError};
 use crate::proposer::Proposer;
 
 /// Wraps an answer; on a follower, names the leader so the client can go there directly.
@@ -50,25 +52,16 @@ fn leader_elsewhere(proposer: &Proposer) -> Result<Option<String>, Status> {
     }
 }
 
-/// Proposes a client's command; the outer error is the transport's, the inner apply's answer.
-async fn write(
-    proposer: &Proposer,
-    id: Option<pb::RequestId>,
-    command: Command,
-) -> Result<Result<Applied, Rejection>, Status> {
-    let request = ClientRequest {
-        id: id.map(Into::into),
-        command,
-    };
-    Ok(proposer.write(request).await?)
+impl From<OpError> for Status {
+    fn from(e: OpError) -> Self {
+        match e.kind() {
+            Some(kind) => Status::new(code_of(kind), e.to_string()),
+            None => Status::internal(e.to_string()),
+        }
+    }
 }
 
-/// Apply's refusals as status codes that say whose fault it was: the one place a
-/// [`RejectionKind`] becomes a gRPC code.
-fn refused(rejection: Rejection) -> Status {
-    Status::new(code_of(rejection.kind()), rejection.to_string())
-}
-
+/// The one place a [`RejectionKind`] becomes a gRPC code.
 pub fn code_of(kind: RejectionKind) -> tonic::Code {
     use tonic::Code;
     match kind {
@@ -82,21 +75,21 @@ pub fn code_of(kind: RejectionKind) -> tonic::Code {
     }
 }
 
-/// A write that answers `Done` on success.
-pub(super) async fn done(
-    proposer: &Proposer,
-    id: Option<pb::RequestId>,
-    command: Command,
-) -> Result<(), Status> {
-    match write(proposer, id, command).await? {
-        Ok(Applied::Done) => Ok(()),
-        Ok(other) => Err(unexpected(&other)),
-        Err(rejection) => Err(refused(rejection)),
-    }
+/// Apply's refusal as a status.
+fn refused(rejection: paddock_model::Rejection) -> Status {
+    OpError::from(rejection).into()
 }
 
 fn unexpected<T: std::fmt::Debug>(what: &T) -> Status {
-    Status::internal(format!("unexpected answer {what:?}"))
+    OpError::unexpected(what).into()
+}
+
+/// The caller, allowed `action` (for calls that are not a command or a query; those are
+/// authorized by `Ops` from what they are).
+fn authorized<T>(request: &Request<T>, action: Action) -> Result<PeerIdentity, Status> {
+    let who = caller(request)?;
+    crate::ops::auth::authorize(&who, action).map_err(OpError::from)?;
+    Ok(who)
 }
 
 /// The verified identity of the caller. tonic has already checked the certificate chain
@@ -135,40 +128,4 @@ fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
         k.insert(der.to_vec(), parsed.clone());
     }
     parsed
-}
-
-/// Only cluster members may speak Raft or forward requests.
-fn require_node<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let who = caller(request)?;
-    if who.role != Role::Node {
-        return Err(Status::permission_denied(format!(
-            "{} has role {}; only cluster nodes may call this",
-            who.name, who.role
-        )));
-    }
-    Ok(who)
-}
-
-/// Writes need a role above viewer.
-fn require_writer<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let who = caller(request)?;
-    if who.role == Role::Viewer {
-        return Err(Status::permission_denied(format!(
-            "{} has role viewer, which may only read; use an operator or admin certificate",
-            who.name
-        )));
-    }
-    Ok(who)
-}
-
-/// Changes to the cluster itself (membership) need admin.
-fn require_admin<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let who = caller(request)?;
-    if !matches!(who.role, Role::Admin | Role::Node) {
-        return Err(Status::permission_denied(format!(
-            "{} has role {}; changing the membership needs an admin certificate",
-            who.name, who.role
-        )));
-    }
-    Ok(who)
 }

@@ -9,11 +9,11 @@ use paddock_model::{Command, Query, QueryResult};
 use paddock_raft::SharedState;
 use tonic::{Request, Response, Status};
 
-use super::{caller, done, leader_elsewhere, reply, require_writer, unexpected, NO_LEADER};
-use crate::proposer::Proposer;
+use super::{authorized, caller, leader_elsewhere, reply, unexpected, NO_LEADER};
+use crate::ops::{Action, Ops};
 
 pub struct NodesService {
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
     pub shared: SharedState,
     pub raft: paddock_raft::Raft,
     /// The leader's memory of heartbeats: nodes silent for more than two heartbeat intervals
@@ -47,20 +47,20 @@ impl nodes_server::Nodes for NodesService {
         &self,
         request: Request<pb::NodeListRequest>,
     ) -> Result<Response<pb::NodeListResponse>, Status> {
-        caller(&request)?;
+        let who = authorized(&request, Action::NodeRead)?;
         let stale = request.into_inner().stale;
         // Only the leader knows who is suspect: a linearizable list is answered by it.
         if !stale {
-            let leader = leader_elsewhere(&self.proposer)
+            let leader = leader_elsewhere(self.ops.proposer())
                 .map_err(|_| Status::unavailable(format!("{NO_LEADER}, or pass --stale")))?;
             if let Some(address) = leader {
-                let channel = self.proposer.channel(&address)?;
+                let channel = self.ops.proposer().channel(&address)?;
                 return nodes_client::NodesClient::new(channel)
                     .list(pb::NodeListRequest { stale: false })
                     .await;
             }
         }
-        match self.proposer.read(Query::NodeList, stale).await? {
+        match self.ops.read(&who, Query::NodeList, stale).await? {
             QueryResult::Nodes(entries) => {
                 let mut nodes: Vec<pb::NodeInfo> = {
                     let members = self.shared.read().state.members.clone();
@@ -70,7 +70,7 @@ impl nodes_server::Nodes for NodesService {
                         .collect()
                 };
                 self.mark_suspects(&mut nodes);
-                Ok(reply(&self.proposer, pb::NodeListResponse { nodes }))
+                Ok(reply(self.ops.proposer(), pb::NodeListResponse { nodes }))
             }
             other => Err(unexpected(&other)),
         }
@@ -80,33 +80,35 @@ impl nodes_server::Nodes for NodesService {
         &self,
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::CordonResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::CordonRequest {
             name,
             cordoned,
             request_id,
         } = request.into_inner();
-        done(
-            &self.proposer,
-            request_id,
-            Command::NodeCordon { name, cordoned },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::CordonResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::NodeCordon { name, cordoned },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::CordonResponse {}))
     }
 
     async fn drain(
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::DrainRequest {
             name,
             evacuate,
             request_id,
         } = request.into_inner();
         super::migrations::created(
-            &self.proposer,
+            &self.ops,
+            &who,
             request_id,
             Command::NodeDrain { name, evacuate },
         )
@@ -117,18 +119,19 @@ impl nodes_server::Nodes for NodesService {
         &self,
         request: Request<pb::MaintenanceRequest>,
     ) -> Result<Response<pb::CordonResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::MaintenanceRequest {
             name,
             on,
             request_id,
         } = request.into_inner();
-        done(
-            &self.proposer,
-            request_id,
-            Command::NodeMaintenance { name, on },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::CordonResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::NodeMaintenance { name, on },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::CordonResponse {}))
     }
 }

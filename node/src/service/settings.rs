@@ -6,11 +6,11 @@ use paddock_api::pb::{self, settings_server};
 use paddock_model::{Command, Query, QueryResult};
 use tonic::{Request, Response, Status};
 
-use super::{caller, done, reply, unexpected};
-use crate::proposer::Proposer;
+use super::{caller, reply, unexpected};
+use crate::ops::Ops;
 
 pub struct SettingsService {
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
 }
 
 #[tonic::async_trait]
@@ -19,10 +19,10 @@ impl settings_server::Settings for SettingsService {
         &self,
         request: Request<pb::SettingsListRequest>,
     ) -> Result<Response<pb::SettingsListResponse>, Status> {
-        caller(&request)?;
-        match self.proposer.read(Query::Settings, false).await? {
+        let who = caller(&request)?;
+        match self.ops.read(&who, Query::Settings, false).await? {
             QueryResult::Settings(settings) => Ok(reply(
-                &self.proposer,
+                self.ops.proposer(),
                 pb::SettingsListResponse {
                     settings: settings.into_iter().collect(),
                 },
@@ -35,22 +35,19 @@ impl settings_server::Settings for SettingsService {
         &self,
         request: Request<pb::SettingSetRequest>,
     ) -> Result<Response<pb::SettingSetResponse>, Status> {
-        super::require_admin(&request)?;
+        let who = caller(&request)?;
         let pb::SettingSetRequest {
             key,
             value,
             request_id,
         } = request.into_inner();
-        // Check here too, so a bad value never reaches the log.
-        paddock_model::settings::Settings::default()
-            .set(&key, &value)
-            .map_err(Status::invalid_argument)?;
-        done(
-            &self.proposer,
-            request_id,
-            Command::SettingSet { key, value },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::SettingSetResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::SettingSet { key, value },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::SettingSetResponse {}))
     }
 }

@@ -10,11 +10,11 @@ use paddock_model::vm::Desired;
 use paddock_model::{Command, Query, QueryResult, VmSpec};
 use tonic::{Request, Response, Status};
 
-use super::{caller, done, reply, require_writer, unexpected};
-use crate::proposer::Proposer;
+use super::{caller, reply, unexpected};
+use crate::ops::Ops;
 
 pub struct VmsService {
-    pub proposer: Arc<Proposer>,
+    pub ops: Arc<Ops>,
 }
 
 #[tonic::async_trait]
@@ -23,7 +23,7 @@ impl vms_server::Vms for VmsService {
         &self,
         request: Request<pb::VmCreateRequest>,
     ) -> Result<Response<pb::VmCreateResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::VmCreateRequest {
             name,
             spec,
@@ -34,37 +34,34 @@ impl vms_server::Vms for VmsService {
             Status::invalid_argument("the VM spec is missing; give at least cpus and memory")
         })?;
         let spec = VmSpec::from(&spec);
-        // Refuse bad specs here too, so they never reach the log.
-        spec.validate().map_err(Status::invalid_argument)?;
         let desired = if stopped {
             Desired::Stopped
         } else {
             Desired::Running
         };
-        done(
-            &self.proposer,
-            request_id,
-            Command::VmCreate {
-                name,
-                spec,
-                desired,
-            },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::VmCreateResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::VmCreate {
+                    name,
+                    spec,
+                    desired,
+                },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::VmCreateResponse {}))
     }
 
     async fn create_many(
         &self,
         request: Request<pb::VmCreateManyRequest>,
     ) -> Result<Response<pb::VmCreateResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::VmCreateManyRequest { vms, request_id } = request.into_inner();
         let mut new = Vec::with_capacity(vms.len());
         for vm in vms {
             let spec = VmSpec::from(&vm.spec.unwrap_or_default());
-            spec.validate()
-                .map_err(|e| Status::invalid_argument(format!("{}: {e}", vm.name)))?;
             new.push(NewVm {
                 name: vm.name,
                 spec,
@@ -75,20 +72,21 @@ impl vms_server::Vms for VmsService {
                 },
             });
         }
-        done(
-            &self.proposer,
-            request_id,
-            Command::VmCreateMany { vms: new },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::VmCreateResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::VmCreateMany { vms: new },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::VmCreateResponse {}))
     }
 
     async fn list(
         &self,
         request: Request<pb::VmListRequest>,
     ) -> Result<Response<pb::VmListResponse>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let pb::VmListRequest {
             start_after,
             limit,
@@ -98,9 +96,9 @@ impl vms_server::Vms for VmsService {
             start_after: (!start_after.is_empty()).then_some(start_after),
             limit: if limit == 0 { MAX_LIST_LIMIT } else { limit },
         };
-        match self.proposer.read(query, stale).await? {
+        match self.ops.read(&who, query, stale).await? {
             QueryResult::Vms { vms, more } => Ok(reply(
-                &self.proposer,
+                self.ops.proposer(),
                 pb::VmListResponse {
                     vms: vms.iter().map(Into::into).collect(),
                     more,
@@ -114,14 +112,14 @@ impl vms_server::Vms for VmsService {
         &self,
         request: Request<pb::VmGetRequest>,
     ) -> Result<Response<pb::VmDetail>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let pb::VmGetRequest { name, stale } = request.into_inner();
         match self
-            .proposer
-            .read(Query::VmGet { name: name.clone() }, stale)
+            .ops
+            .read(&who, Query::VmGet { name: name.clone() }, stale)
             .await?
         {
-            QueryResult::Vm(Some(vm)) => Ok(reply(&self.proposer, vm.as_ref().into())),
+            QueryResult::Vm(Some(vm)) => Ok(reply(self.ops.proposer(), vm.as_ref().into())),
             QueryResult::Vm(None) => Err(Status::not_found(format!(
                 "VM {name} does not exist; see `paddock vm list`"
             ))),
@@ -133,7 +131,7 @@ impl vms_server::Vms for VmsService {
         &self,
         request: Request<pb::VmSetDesiredRequest>,
     ) -> Result<Response<pb::VmSetDesiredResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::VmSetDesiredRequest {
             name,
             running,
@@ -144,22 +142,25 @@ impl vms_server::Vms for VmsService {
         } else {
             Desired::Stopped
         };
-        done(
-            &self.proposer,
-            request_id,
-            Command::VmSetDesired { name, desired },
-        )
-        .await?;
-        Ok(reply(&self.proposer, pb::VmSetDesiredResponse {}))
+        self.ops
+            .done(
+                &who,
+                request_id.map(Into::into),
+                Command::VmSetDesired { name, desired },
+            )
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::VmSetDesiredResponse {}))
     }
 
     async fn delete(
         &self,
         request: Request<pb::VmDeleteRequest>,
     ) -> Result<Response<pb::VmDeleteResponse>, Status> {
-        require_writer(&request)?;
+        let who = caller(&request)?;
         let pb::VmDeleteRequest { name, request_id } = request.into_inner();
-        done(&self.proposer, request_id, Command::VmDelete { name }).await?;
-        Ok(reply(&self.proposer, pb::VmDeleteResponse {}))
+        self.ops
+            .done(&who, request_id.map(Into::into), Command::VmDelete { name })
+            .await?;
+        Ok(reply(self.ops.proposer(), pb::VmDeleteResponse {}))
     }
 }

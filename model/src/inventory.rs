@@ -1,4 +1,4 @@
-//! Apply for node and VM commands. Every check that depends on the state happens here, so a
+//! Apply for the inventory: node and VM commands. Every check that depends on the state happens here, so a
 //! stale plan or a late report is refused the same way on every replica.
 
 use crate::command::{Command, Outcome, Placement, Rejection, Response, VmReport};
@@ -7,7 +7,7 @@ use crate::state::ClusterState;
 use crate::vm::{check_fit, Assignment, Desired, Vm, VmState};
 
 impl ClusterState {
-    pub(crate) fn apply_vm_command(&mut self, command: &Command, at_ms: u64) -> Outcome {
+    pub(crate) fn apply_inventory_command(&mut self, command: &Command, at_ms: u64) -> Outcome {
         match command {
             Command::NodeRegister {
                 name,
