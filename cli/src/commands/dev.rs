@@ -156,7 +156,7 @@ fn down(dir: &Path) -> Result<(), Failure> {
     let path = dir.join(PIDS_FILE);
     let text = std::fs::read_to_string(&path).map_err(|_| {
         Failure::new(
-            exit::ERROR,
+            exit::NOT_FOUND,
             format!(
                 "no dev cluster is running from {} ({} is missing); pass the --dir it was started with",
                 dir.display(),
@@ -199,7 +199,11 @@ fn down(dir: &Path) -> Result<(), Failure> {
     for pid in &pids {
         let _ = rustix::process::kill_process_group(*pid, rustix::process::Signal::KILL);
     }
-    std::fs::remove_file(&path)?;
+    // An attached `dev up` removes the list itself once its nodes are gone.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     println!("stopped the dev cluster's nodes and their VMs");
     Ok(())
 }

@@ -87,7 +87,9 @@ pub(crate) mod testing {
         VmSpec, VmState,
     };
 
-    use super::{Leadership, Now};
+    use super::{LeaderMemory, Leadership, Now, Planner};
+    use crate::liveness::Heard;
+    use crate::progress_board::ProgressBoard;
 
     /// Applies `command` at wall time `at_ms`, which must be accepted.
     pub fn apply(state: &mut ClusterState, at_ms: u64, command: Command) {
@@ -165,6 +167,19 @@ pub(crate) mod testing {
                 }],
             },
         );
+    }
+
+    /// What `plan` proposes on `state` at the start of a leadership that has heard nothing yet.
+    pub fn plan_fresh(plan: Planner, state: &ClusterState) -> Vec<Command> {
+        let (heard, board) = (Heard::default(), ProgressBoard::default());
+        let t0 = Instant::now();
+        let memory = LeaderMemory {
+            leadership: leading_since(t0),
+            heard: &heard,
+            board: &board,
+            election_max: Duration::from_millis(400),
+        };
+        plan(state, at(t0, 0, Duration::ZERO), &memory)
     }
 
     /// A leadership that began at `t0` and has watched without a stall since.

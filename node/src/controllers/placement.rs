@@ -33,25 +33,13 @@ pub fn plan(state: &ClusterState, _now: Now, _memory: &LeaderMemory) -> Vec<Comm
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use paddock_model::VmState;
 
     use super::*;
-    use crate::controllers::testing::{apply, at, leading_since, node, spec, vm};
-    use crate::liveness::Heard;
-    use crate::progress_board::ProgressBoard;
+    use crate::controllers::testing::{apply, node, plan_fresh, spec, vm};
 
     fn planned(state: &ClusterState) -> Vec<Command> {
-        let (heard, board) = (Heard::default(), ProgressBoard::default());
-        let t0 = Instant::now();
-        let memory = LeaderMemory {
-            leadership: leading_since(t0),
-            heard: &heard,
-            board: &board,
-            election_max: Duration::from_millis(400),
-        };
-        plan(state, at(t0, 0, Duration::ZERO), &memory)
+        plan_fresh(plan, state)
     }
 
     #[test]
