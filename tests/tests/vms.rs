@@ -252,7 +252,11 @@ async fn a_restarted_daemon_adopts_its_vms_and_destroys_those_no_longer_assigned
     client.vm_delete("drop").await?;
     cluster.start(2)?;
     // It adopts the VM it still owns (same process, same epoch) and destroys the other.
-    until!("drop destroyed", Ok(!alive(before["drop"])));
+    // Destroyed: the driver kills the guest, then removes its record.
+    until!(
+        "drop destroyed",
+        Ok(!alive(before["drop"]) && !guest_pids(&cluster, 2).contains_key("drop"))
+    );
     let vms_now = vms(&mut client).await?;
     assert_eq!(vms_now["keep"].state, "running");
     assert_eq!(vms_now["keep"].epoch, epochs["keep"]);

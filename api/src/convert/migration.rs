@@ -5,6 +5,12 @@ use paddock_model::{Command, Rejection};
 
 use crate::pb;
 
+impl pb::MigrationCancelRequest {
+    pub fn command(&self) -> Command {
+        Command::MigrationCancel { id: self.id }
+    }
+}
+
 impl pb::MigrationCreateRequest {
     /// The command an operator's request is. Unset fields take the defaults: mode `auto`, the
     /// default max downtime, no bandwidth limit, the scheduler's destination.

@@ -4,6 +4,7 @@ mod kv;
 mod migration;
 mod node;
 mod request_id;
+mod settings;
 mod vm;
 
 pub use migration::migration_info;

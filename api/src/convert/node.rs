@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use paddock_model::query::NodeEntry;
-use paddock_model::Member;
+use paddock_model::{Command, Member};
 
 use crate::pb;
 
@@ -28,5 +28,32 @@ pub fn node_info(entry: NodeEntry, members: &BTreeMap<String, Member>) -> pb::No
         vms,
         driver: node.driver,
         name: node.name,
+    }
+}
+
+impl pb::CordonRequest {
+    pub fn command(&self) -> Command {
+        Command::NodeCordon {
+            name: self.name.clone(),
+            cordoned: self.cordoned,
+        }
+    }
+}
+
+impl pb::MaintenanceRequest {
+    pub fn command(&self) -> Command {
+        Command::NodeMaintenance {
+            name: self.name.clone(),
+            on: self.on,
+        }
+    }
+}
+
+impl pb::DrainRequest {
+    pub fn command(&self) -> Command {
+        Command::NodeDrain {
+            name: self.name.clone(),
+            evacuate: self.evacuate,
+        }
     }
 }

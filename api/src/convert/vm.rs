@@ -1,8 +1,9 @@
 //! VM specs, summaries and details.
 
-use paddock_model::query::VmSummary;
-use paddock_model::vm::{Constraints, Disk};
-use paddock_model::{Vm, VmSpec};
+use paddock_model::command::NewVm;
+use paddock_model::query::{VmSummary, MAX_LIST_LIMIT};
+use paddock_model::vm::{Constraints, Desired, Disk};
+use paddock_model::{Command, Query, Rejection, Vm, VmSpec};
 
 use super::non_empty;
 use crate::pb;
@@ -94,6 +95,80 @@ impl From<&Vm> for pb::VmDetail {
                 })
                 .collect(),
             created_ms: vm.created_ms,
+        }
+    }
+}
+
+fn desired(running: bool) -> Desired {
+    if running {
+        Desired::Running
+    } else {
+        Desired::Stopped
+    }
+}
+
+impl pb::VmCreateRequest {
+    fn new_vm(&self) -> NewVm {
+        NewVm {
+            name: self.name.clone(),
+            spec: VmSpec::from(&self.spec.clone().unwrap_or_default()),
+            desired: desired(!self.stopped),
+        }
+    }
+
+    pub fn command(&self) -> Result<Command, Rejection> {
+        if self.spec.is_none() {
+            return Err(Rejection::Invalid {
+                reason: "the VM spec is missing; give at least cpus and memory".into(),
+            });
+        }
+        let NewVm {
+            name,
+            spec,
+            desired,
+        } = self.new_vm();
+        Ok(Command::VmCreate {
+            name,
+            spec,
+            desired,
+        })
+    }
+}
+
+impl pb::VmCreateManyRequest {
+    pub fn command(&self) -> Command {
+        Command::VmCreateMany {
+            vms: self.vms.iter().map(pb::VmCreateRequest::new_vm).collect(),
+        }
+    }
+}
+
+impl pb::VmSetDesiredRequest {
+    pub fn command(&self) -> Command {
+        Command::VmSetDesired {
+            name: self.name.clone(),
+            desired: desired(self.running),
+        }
+    }
+}
+
+impl pb::VmDeleteRequest {
+    pub fn command(&self) -> Command {
+        Command::VmDelete {
+            name: self.name.clone(),
+        }
+    }
+}
+
+impl pb::VmListRequest {
+    pub fn query(&self) -> Query {
+        Query::VmList {
+            start_after: (!self.start_after.is_empty()).then(|| self.start_after.clone()),
+            limit: if self.limit == 0 {
+                MAX_LIST_LIMIT
+            } else {
+                self.limit
+            },
         }
     }
 }

@@ -164,13 +164,9 @@ impl migrations_server::Migrations for MigrationsService {
         request: Request<pb::MigrationCancelRequest>,
     ) -> Result<Response<pb::MigrationCancelResponse>, Status> {
         let who = caller(&request)?;
-        let pb::MigrationCancelRequest { id, request_id } = request.into_inner();
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::MigrationCancel { id },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::MigrationCancelResponse {}))
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use paddock_api::convert::node_info;
 use paddock_api::pb::{self, nodes_client, nodes_server};
-use paddock_model::{Command, Query, QueryResult};
+use paddock_model::{Query, QueryResult};
 use paddock_raft::SharedState;
 use tonic::{Request, Response, Status};
 
@@ -81,17 +81,9 @@ impl nodes_server::Nodes for NodesService {
         request: Request<pb::CordonRequest>,
     ) -> Result<Response<pb::CordonResponse>, Status> {
         let who = caller(&request)?;
-        let pb::CordonRequest {
-            name,
-            cordoned,
-            request_id,
-        } = request.into_inner();
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::NodeCordon { name, cordoned },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::CordonResponse {}))
     }
@@ -101,18 +93,8 @@ impl nodes_server::Nodes for NodesService {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::MigrationCreateResponse>, Status> {
         let who = caller(&request)?;
-        let pb::DrainRequest {
-            name,
-            evacuate,
-            request_id,
-        } = request.into_inner();
-        super::migrations::created(
-            &self.ops,
-            &who,
-            request_id,
-            Command::NodeDrain { name, evacuate },
-        )
-        .await
+        let r = request.into_inner();
+        super::migrations::created(&self.ops, &who, r.request_id, r.command()).await
     }
 
     async fn maintenance(
@@ -120,17 +102,9 @@ impl nodes_server::Nodes for NodesService {
         request: Request<pb::MaintenanceRequest>,
     ) -> Result<Response<pb::CordonResponse>, Status> {
         let who = caller(&request)?;
-        let pb::MaintenanceRequest {
-            name,
-            on,
-            request_id,
-        } = request.into_inner();
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::NodeMaintenance { name, on },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::CordonResponse {}))
     }

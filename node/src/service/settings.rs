@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use paddock_api::pb::{self, settings_server};
-use paddock_model::{Command, Query, QueryResult};
+use paddock_model::{Query, QueryResult};
 use tonic::{Request, Response, Status};
 
 use super::{caller, reply, unexpected};
@@ -36,17 +36,9 @@ impl settings_server::Settings for SettingsService {
         request: Request<pb::SettingSetRequest>,
     ) -> Result<Response<pb::SettingSetResponse>, Status> {
         let who = caller(&request)?;
-        let pb::SettingSetRequest {
-            key,
-            value,
-            request_id,
-        } = request.into_inner();
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::SettingSet { key, value },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::SettingSetResponse {}))
     }

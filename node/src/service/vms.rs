@@ -4,13 +4,10 @@
 use std::sync::Arc;
 
 use paddock_api::pb::{self, vms_server};
-use paddock_model::command::NewVm;
-use paddock_model::query::MAX_LIST_LIMIT;
-use paddock_model::vm::Desired;
-use paddock_model::{Command, Query, QueryResult, VmSpec};
+use paddock_model::{Query, QueryResult};
 use tonic::{Request, Response, Status};
 
-use super::{caller, reply, unexpected};
+use super::{caller, refused, reply, unexpected};
 use crate::ops::Ops;
 
 pub struct VmsService {
@@ -24,31 +21,10 @@ impl vms_server::Vms for VmsService {
         request: Request<pb::VmCreateRequest>,
     ) -> Result<Response<pb::VmCreateResponse>, Status> {
         let who = caller(&request)?;
-        let pb::VmCreateRequest {
-            name,
-            spec,
-            stopped,
-            request_id,
-        } = request.into_inner();
-        let spec = spec.ok_or_else(|| {
-            Status::invalid_argument("the VM spec is missing; give at least cpus and memory")
-        })?;
-        let spec = VmSpec::from(&spec);
-        let desired = if stopped {
-            Desired::Stopped
-        } else {
-            Desired::Running
-        };
+        let r = request.into_inner();
+        let command = r.command().map_err(refused)?;
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::VmCreate {
-                    name,
-                    spec,
-                    desired,
-                },
-            )
+            .done(&who, r.request_id.map(Into::into), command)
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmCreateResponse {}))
     }
@@ -58,26 +34,9 @@ impl vms_server::Vms for VmsService {
         request: Request<pb::VmCreateManyRequest>,
     ) -> Result<Response<pb::VmCreateResponse>, Status> {
         let who = caller(&request)?;
-        let pb::VmCreateManyRequest { vms, request_id } = request.into_inner();
-        let mut new = Vec::with_capacity(vms.len());
-        for vm in vms {
-            let spec = VmSpec::from(&vm.spec.unwrap_or_default());
-            new.push(NewVm {
-                name: vm.name,
-                spec,
-                desired: if vm.stopped {
-                    Desired::Stopped
-                } else {
-                    Desired::Running
-                },
-            });
-        }
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::VmCreateMany { vms: new },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmCreateResponse {}))
     }
@@ -87,15 +46,8 @@ impl vms_server::Vms for VmsService {
         request: Request<pb::VmListRequest>,
     ) -> Result<Response<pb::VmListResponse>, Status> {
         let who = caller(&request)?;
-        let pb::VmListRequest {
-            start_after,
-            limit,
-            stale,
-        } = request.into_inner();
-        let query = Query::VmList {
-            start_after: (!start_after.is_empty()).then_some(start_after),
-            limit: if limit == 0 { MAX_LIST_LIMIT } else { limit },
-        };
+        let r = request.into_inner();
+        let (query, stale) = (r.query(), r.stale);
         match self.ops.read(&who, query, stale).await? {
             QueryResult::Vms { vms, more } => Ok(reply(
                 self.ops.proposer(),
@@ -132,22 +84,9 @@ impl vms_server::Vms for VmsService {
         request: Request<pb::VmSetDesiredRequest>,
     ) -> Result<Response<pb::VmSetDesiredResponse>, Status> {
         let who = caller(&request)?;
-        let pb::VmSetDesiredRequest {
-            name,
-            running,
-            request_id,
-        } = request.into_inner();
-        let desired = if running {
-            Desired::Running
-        } else {
-            Desired::Stopped
-        };
+        let r = request.into_inner();
         self.ops
-            .done(
-                &who,
-                request_id.map(Into::into),
-                Command::VmSetDesired { name, desired },
-            )
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmSetDesiredResponse {}))
     }
@@ -157,9 +96,9 @@ impl vms_server::Vms for VmsService {
         request: Request<pb::VmDeleteRequest>,
     ) -> Result<Response<pb::VmDeleteResponse>, Status> {
         let who = caller(&request)?;
-        let pb::VmDeleteRequest { name, request_id } = request.into_inner();
+        let r = request.into_inner();
         self.ops
-            .done(&who, request_id.map(Into::into), Command::VmDelete { name })
+            .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmDeleteResponse {}))
     }
