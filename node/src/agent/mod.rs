@@ -209,14 +209,10 @@ impl Agent {
             let name = step.vm.clone();
             match step.action {
                 Action::Observe => {}
-                Action::Start => {
+                Action::Start(spec) => {
                     tracing::info!(vm = %step.vm, epoch = step.epoch, "starting");
-                    let spec = replica.assigned.get(&step.vm).map(|a| a.spec.clone());
                     let epoch = step.epoch;
-                    let started = match spec {
-                        Some(spec) => self.blocking(move |d| d.start(&name, epoch, &spec)).await,
-                        None => Ok(()),
-                    };
+                    let started = self.blocking(move |d| d.start(&name, epoch, &spec)).await;
                     if let Err(e) = started {
                         (observed, reason) = (VmState::Failed, Some(format!("cannot start: {e}")));
                     }

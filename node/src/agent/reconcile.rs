@@ -118,14 +118,27 @@ pub enum Cleanup {
 pub enum Action {
     /// Nothing to do: report what the driver shows.
     Observe,
-    /// Start it (`Starting`; `Failed` with the driver's error if the start fails).
-    Start,
+    /// Start it with this spec (`Starting`; `Failed` with the driver's error if the start
+    /// fails).
+    Start(Box<VmSpec>),
     /// Desired stopped but running: stop it (`Stopping`).
     Stop,
     /// Desired stopped and crashed: clear the failure (`Stopped`).
     DestroyCrashed,
     /// Arrived by migration and assigned here: the switch committed, tell it (`Starting`).
     Switch,
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Observe => "Observe",
+            Action::Start(_) => "Start",
+            Action::Stop => "Stop",
+            Action::DestroyCrashed => "DestroyCrashed",
+            Action::Switch => "Switch",
+        }
+    }
 }
 
 /// One VM's step: the action and the observation it leads to when the action succeeds.
@@ -210,9 +223,11 @@ pub fn reconcile(
                 // Not before this replica has seen everything the lease came with.
                 continue;
             }
-            (Desired::Running, None | Some(InstanceState::Stopped)) => {
-                (Action::Start, VmState::Starting, None)
-            }
+            (Desired::Running, None | Some(InstanceState::Stopped)) => (
+                Action::Start(Box::new(a.spec.clone())),
+                VmState::Starting,
+                None,
+            ),
             (Desired::Stopped, Some(InstanceState::Running | InstanceState::Starting)) => {
                 (Action::Stop, VmState::Stopping, None)
             }
@@ -343,7 +358,7 @@ mod tests {
         out.extend(
             r.steps
                 .iter()
-                .map(|s| format!("{:?} {} {:?}", s.action, s.vm, s.observed)),
+                .map(|s| format!("{} {} {:?}", s.action.name(), s.vm, s.observed)),
         );
         out
     }
