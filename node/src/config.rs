@@ -101,9 +101,13 @@ pub struct Flags {
     /// vCPUs this node offers to VMs [default: the host's].
     #[arg(long, env = "PADDOCK_CPUS")]
     pub cpus: Option<u32>,
-    /// Memory this node offers to VMs, e.g. 16GiB [default: the host's].
+    /// Memory this node offers to VMs, e.g. 16GiB [default: the host's, less --reserve-memory].
     #[arg(long, env = "PADDOCK_MEMORY")]
     pub memory: Option<String>,
+    /// Memory kept for the host itself (its daemons, caches, QEMU's own overhead) out of the
+    /// host's memory when --memory is not given, e.g. 2GiB [default: 0].
+    #[arg(long, env = "PADDOCK_RESERVE_MEMORY")]
+    pub reserve_memory: Option<String>,
     /// Disk this node offers to VMs, e.g. 500GiB [default: free space of --data-dir].
     #[arg(long, env = "PADDOCK_DISK")]
     pub disk: Option<String>,
@@ -203,6 +207,8 @@ pub struct HostConfig {
     pub libvirt_migrate_tls: bool,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
+    /// Taken off the host's memory when `memory_mib` is not given.
+    pub reserve_memory_mib: u64,
     pub disk_mib: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub memvm_dirty_rate: u64,
@@ -377,18 +383,30 @@ impl NodeConfig {
                 )))
             }
         };
+        if flags.memory.is_some() && flags.reserve_memory.is_some() {
+            return Err(invalid(
+                "--memory and --reserve-memory exclude each other: --memory says exactly what this node offers, --reserve-memory what it keeps out of the host's memory",
+            ));
+        }
+        let libvirt_migrate_uri = flags
+            .libvirt_migrate_uri
+            .unwrap_or_else(|| "qemu+tls://{host}/system".to_string());
+        if !libvirt_migrate_uri.contains("{host}") {
+            return Err(invalid(format!(
+                "--libvirt-migrate-uri {libvirt_migrate_uri:?} has no {{host}}: every migration would go to the same libvirtd; use e.g. qemu+tls://{{host}}/system"
+            )));
+        }
         let host = HostConfig {
             driver,
             watchdog,
             libvirt_uri: flags
                 .libvirt_uri
                 .unwrap_or_else(|| "qemu:///system".to_string()),
-            libvirt_migrate_uri: flags
-                .libvirt_migrate_uri
-                .unwrap_or_else(|| "qemu+tls://{host}/system".to_string()),
+            libvirt_migrate_uri,
             libvirt_migrate_tls: flags.libvirt_migrate_tls.unwrap_or(true),
             cpus,
             memory_mib: size("--memory", flags.memory)?,
+            reserve_memory_mib: size("--reserve-memory", flags.reserve_memory)?.unwrap_or(0),
             disk_mib: size("--disk", flags.disk)?,
             labels,
             memvm_dirty_rate: flags.memvm_dirty_rate.unwrap_or(2000),
@@ -595,6 +613,30 @@ mod tests {
             (
                 &["--listen", "127.0.0.1:7001", "--route", "n2"],
                 "--route entry \"n2\" is not NAME=HOST:PORT",
+            ),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:7001",
+                    "--libvirt-migrate-uri",
+                    "qemu+tls://10.0.0.9/system",
+                ],
+                "has no {host}",
+            ),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:7001",
+                    "--memory",
+                    "4GiB",
+                    "--reserve-memory",
+                    "1GiB",
+                ],
+                "exclude each other",
+            ),
+            (
+                &["--listen", "127.0.0.1:7001", "--reserve-memory", "lots"],
+                "--reserve-memory",
             ),
         ];
         for (args, expected) in cases {

@@ -74,6 +74,15 @@ pub async fn run(
         remember_cluster(&config, &cluster_id, identity::cluster_id_for_peers(peers))?;
     }
 
+    // What this node offers, checked before anything starts.
+    let capacity = host_capacity(
+        config.host.cpus,
+        config.host.memory_mib,
+        config.host.reserve_memory_mib,
+        config.host.disk_mib,
+        &config.data_dir,
+    )
+    .map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another paddockd using it? pick another --listen",
@@ -237,12 +246,7 @@ pub async fn run(
         proposer: proposer.clone(),
         shared: shared.clone(),
         raft: raft.clone(),
-        capacity: host_capacity(
-            config.host.cpus,
-            config.host.memory_mib,
-            config.host.disk_mib,
-            &config.data_dir,
-        ),
+        capacity,
         labels: config.host.labels.clone(),
         lease_file: crate::liveness::lease_path(&config.data_dir),
         heard: heard.clone(),

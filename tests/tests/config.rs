@@ -139,5 +139,14 @@ async fn a_data_dir_refuses_another_name_or_another_cluster() -> anyhow::Result<
     ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("holds no cluster yet"), "{stderr}");
+
+    // A reserve larger than the host's memory leaves nothing to offer: refused before the
+    // node starts anything.
+    let mut args = base.to_vec();
+    args.extend(["--name", "n1", "--reserve-memory", "1048576GiB"]);
+    let (code, stderr) = paddockd(&args);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("leaves nothing"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     Ok(())
 }

@@ -141,38 +141,78 @@ pub trait Driver: Send + Sync {
     }
 }
 
-/// What this host offers, from flags or the host itself.
+/// What this host offers, from flags or the host itself: the host's memory less `reserve_mib`
+/// unless `memory_mib` says exactly.
 pub fn host_capacity(
     cpus: Option<u32>,
     memory_mib: Option<u64>,
+    reserve_mib: u64,
     disk_mib: Option<u64>,
     data_dir: &std::path::Path,
-) -> Resources {
+) -> Result<Resources, String> {
     let cpus = cpus.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1)
     });
-    let memory_mib = memory_mib.unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kib| kib.parse::<u64>().ok())
-            })
-            .map(|kib| kib / 1024)
-            .unwrap_or(1024)
-    });
+    let memory_mib = match memory_mib {
+        Some(exactly) => exactly,
+        None => offered_memory(host_memory_mib(), reserve_mib)?,
+    };
     let disk_mib = disk_mib.unwrap_or_else(|| {
         rustix::fs::statvfs(data_dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize) >> 20)
             .unwrap_or(0)
     });
-    Resources {
+    Ok(Resources {
         cpus,
         memory_mib,
         disk_mib,
+    })
+}
+
+/// The host's memory in MiB (`MemTotal`), 1 GiB if it cannot be read.
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(1024)
+}
+
+/// What is left for VMs of `host_mib` once `reserve_mib` is kept for the host.
+fn offered_memory(host_mib: u64, reserve_mib: u64) -> Result<u64, String> {
+    match host_mib.checked_sub(reserve_mib) {
+        Some(left) if left > 0 => Ok(left),
+        _ => Err(format!(
+            "--reserve-memory {reserve_mib}MiB leaves nothing of this host's {host_mib}MiB for VMs; reserve less, or give --memory"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_is_kept_out_of_the_hosts_memory() {
+        assert_eq!(offered_memory(16_384, 0), Ok(16_384));
+        assert_eq!(offered_memory(16_384, 2_048), Ok(14_336));
+        let refused = offered_memory(4_096, 4_096).expect_err("nothing left");
+        assert!(refused.contains("leaves nothing"), "{refused}");
+        assert!(offered_memory(4_096, 8_192).is_err());
+        let exact = host_capacity(
+            Some(2),
+            Some(1_000),
+            999_999,
+            Some(10),
+            std::path::Path::new("/"),
+        );
+        assert_eq!(exact.map(|r| r.memory_mib), Ok(1_000), "--memory is exact");
     }
 }
