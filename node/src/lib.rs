@@ -1,12 +1,16 @@
-//! `paddockd`, the daemon every Paddock host runs: the API server, Raft, and (as later work
-//! adds them) the leader's controllers and the node agent. See DESIGN.md §1 for the picture.
+//! `paddockd`, the daemon every Paddock host runs: the API server, Raft, the leader's
+//! controllers and the node agent. See DESIGN.md §1 for the picture.
 //!
 //! ```text
-//!  gRPC (mutual TLS) ─▶ service::{Kv, Cluster, Nodes, Vms, Settings, Raft} ─▶ proposer ─▶ openraft ─▶ state machine
-//!  HTTP ─▶ http (/healthz /readyz /metrics)              │ forward to leader
+//!  gRPC (mutual TLS) ─▶ service::* (authenticate, convert) ─▶ ops (authorize, check)
+//!                         ─▶ proposer (forward to the leader) ─▶ openraft ─▶ state machine
+//!  HTTP ─▶ http (/healthz /readyz /metrics)
 //!  daemon: wiring, start, graceful stop; membership: --peers / --join, learner promotion
-//!  controllers (leader only): placement ─▶ scheduler ─▶ VmPlace
-//!  agent (every node): replica assignments ─▶ drivers::{memvm} ─▶ VmObserved
+//!  controllers (leader only): runner ─▶ planners {failure, placement, recovery, migration}
+//!                             ─▶ commands (write_as_leader)
+//!  agent (every node): reconcile(replica, instances, lease) ─▶ drivers::{memvm, libvirt}
+//!                      ─▶ VmObserved; agent::migration: the migration worker
+//!  liveness: heartbeats, leases, the grant; progress_board: live migration progress
 //! ```
 
 pub mod agent;

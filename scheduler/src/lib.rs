@@ -2,6 +2,8 @@
 //! plan the leader proposes and apply re-checks (a stale plan is refused and planned again).
 //!
 //! Pure: no I/O, no clock, no randomness. The same state and VMs give the same plan.
+//! [`migration`] plans live migrations the same way: which pending ones start within the
+//! limits, where they go, and which drains are over.
 //!
 //! - **Order**: VMs by restart priority (highest first), then name.
 //! - **Filter**: [`paddock_model::vm::check_fit`] — the same predicate apply uses: node health,
