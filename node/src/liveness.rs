@@ -106,8 +106,13 @@ impl Heard {
 
     /// How long `node` has been silent as far as this leadership can tell.
     pub fn silent_for(&self, node: &str, term: u64, now: Instant) -> Duration {
-        let since = self.leading_since(term, now);
-        let last = self.last(node).map_or(since, |heard| heard.max(since));
+        self.silent_since(node, self.leading_since(term, now), now)
+    }
+
+    /// How long `node` has been silent at `now`, counting from no earlier than `floor` (what
+    /// was not watched is no evidence of silence).
+    pub fn silent_since(&self, node: &str, floor: Instant, now: Instant) -> Duration {
+        let last = self.last(node).map_or(floor, |heard| heard.max(floor));
         now.saturating_duration_since(last)
     }
 }

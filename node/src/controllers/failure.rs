@@ -31,13 +31,11 @@ pub fn plan(state: &ClusterState, now: Now, memory: &LeaderMemory) -> Vec<Comman
         .values()
         .filter(|n| n.health == Health::Ready && !n.maintenance)
         .filter_map(|n| {
-            let watched_from = memory
-                .heard
-                .last(&n.name)
-                .map_or(memory.leadership.watching_since, |heard| {
-                    heard.max(memory.leadership.watching_since)
-                });
-            let silent = now.instant.saturating_duration_since(watched_from);
+            let silent = memory.heard.silent_since(
+                &n.name,
+                memory.leadership.watching_since,
+                now.instant,
+            );
             (silent > threshold).then(|| {
                 tracing::warn!(node = %n.name, silent_ms = silent.as_millis() as u64, "no heartbeat for longer than any lease: declaring the node down");
                 Command::NodeDown {

@@ -38,6 +38,19 @@ mod tests {
         plan_fresh(plan, state)
     }
 
+    /// Node n1 with HA VM `v` crashed on it.
+    fn crashed_ha_vm() -> ClusterState {
+        let mut state = ClusterState::default();
+        node(&mut state, "n1");
+        vm(
+            &mut state,
+            "v",
+            spec(512, true),
+            Some(("n1", VmState::Failed)),
+        );
+        state
+    }
+
     #[test]
     fn recovery_cases() {
         // (case, ha, observed, node down, expected restart)
@@ -81,14 +94,7 @@ mod tests {
 
     #[test]
     fn a_vm_apply_already_moved_off_its_node_is_left_to_placement() {
-        let mut state = ClusterState::default();
-        node(&mut state, "n1");
-        vm(
-            &mut state,
-            "v",
-            spec(512, true),
-            Some(("n1", VmState::Failed)),
-        );
+        let mut state = crashed_ha_vm();
         // Past restart_limit apply marks the node to avoid and releases the VM: placement's
         // job, not another restart here.
         if let Some(v) = state.vms.get_mut("v") {
@@ -99,14 +105,7 @@ mod tests {
 
     #[test]
     fn the_restart_names_the_current_epoch_and_is_not_repeated_once_applied() {
-        let mut state = ClusterState::default();
-        node(&mut state, "n1");
-        vm(
-            &mut state,
-            "v",
-            spec(512, true),
-            Some(("n1", VmState::Failed)),
-        );
+        let mut state = crashed_ha_vm();
         let epoch = state.vms["v"].assignment.as_ref().map_or(0, |a| a.epoch);
         let commands = planned(&state);
         assert_eq!(

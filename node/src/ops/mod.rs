@@ -82,11 +82,6 @@ impl Ops {
         &self.proposer
     }
 
-    /// Allows `action` to `caller` (for calls that are not a command or a query).
-    pub fn authorize(&self, caller: &PeerIdentity, action: Action) -> Result<(), OpError> {
-        Ok(auth::authorize(caller, action)?)
-    }
-
     /// A caller's write: authorized by what the command is, checked, proposed through the
     /// leader. `id` makes retries exactly-once (the client's, or one minted by the proposer).
     pub async fn write(
