@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    Write(ClientRequest),
+    // Boxed: a request can carry a whole VM spec, much larger than a query.
+    Write(Box<ClientRequest>),
     Read(Query),
 }
 

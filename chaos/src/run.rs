@@ -57,6 +57,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
         ]
         .map(String::from)
         .to_vec(),
+        hosts: Vec::new(),
     };
     let mut cluster = LocalCluster::prepare(&config.out.join("cluster"), &spec, find_paddockd()?)?;
     // One proxy per directed link; node i dials node j through proxies[(i, j)].

@@ -1,7 +1,6 @@
 //! Output format and exit codes shared by all commands. Scripts rely on both.
 
 use std::fmt;
-use std::time::Duration;
 
 /// `-o table|json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,37 +60,5 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: use e.g. 500ms, 10s or 2m");
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| text.split_at(i))
-        .ok_or_else(bad)?;
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(bad()),
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("xs").is_err());
-        assert!(parse_duration("0s").is_err());
-    }
-}
+/// Parses `500ms`, `10s`, `2m` (shared with paddockd's flags).
+pub use paddock_model::duration::parse as parse_duration;

@@ -439,6 +439,7 @@ mod tests {
                 anti_affinity: anti.map(String::from),
                 ..Default::default()
             },
+            guest: Default::default(),
         }
     }
 

@@ -14,6 +14,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod duration;
 pub mod ids;
 mod inventory;
 pub mod migration;

@@ -332,6 +332,7 @@ mod tests {
                     anti_affinity,
                     ..Default::default()
                 },
+                guest: Default::default(),
             });
         let state = prop_oneof![
             Just(crate::vm::VmState::Running),

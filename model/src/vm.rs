@@ -48,6 +48,92 @@ pub struct VmSpec {
     /// Failover order, 0–1000, higher first.
     pub priority: u16,
     pub constraints: Constraints,
+    /// How the guest boots and what it is told (the libvirt driver; memvm ignores it).
+    pub guest: Guest,
+}
+
+/// Where a VM's disks live, and so what a restart on another node starts from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskPolicy {
+    /// On the node: an HA restart elsewhere starts from a fresh overlay of the image (the
+    /// guest's writes stay behind on the failed node); a live migration copies the disks.
+    #[default]
+    Local,
+    /// On the storage every node mounts at `--shared-storage`: HA restarts and migrations
+    /// reuse the same disks.
+    Shared,
+}
+
+impl DiskPolicy {
+    pub fn parse(text: &str) -> Result<DiskPolicy, String> {
+        match text {
+            "local" => Ok(DiskPolicy::Local),
+            "shared" => Ok(DiskPolicy::Shared),
+            other => Err(format!(
+                "disk policy {other:?} is unknown; use local or shared"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskPolicy::Local => "local",
+            DiskPolicy::Shared => "shared",
+        }
+    }
+}
+
+/// Boot source and guest metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    /// Direct kernel boot: a kernel path present on every node that may run the VM.
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub cmdline: Option<String>,
+    /// Key/value pairs the guest reads (libvirt: SMBIOS OEM strings `paddock:KEY=VALUE`,
+    /// with `paddock:hostname=` the VM's name).
+    pub env: BTreeMap<String, String>,
+    pub disk_policy: DiskPolicy,
+}
+
+/// Most guest metadata entries.
+pub const MAX_GUEST_ENV: usize = 64;
+
+impl Guest {
+    fn validate(&self) -> Result<(), String> {
+        if (self.initrd.is_some() || self.cmdline.is_some()) && self.kernel.is_none() {
+            return Err("--initrd and --cmdline need --kernel (direct kernel boot)".into());
+        }
+        for path in [&self.kernel, &self.initrd].into_iter().flatten() {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "boot file {path:?} is not an absolute path; give the path it has on every node"
+                ));
+            }
+        }
+        if self.env.len() > MAX_GUEST_ENV {
+            return Err(format!("at most {MAX_GUEST_ENV} guest environment entries"));
+        }
+        for (key, value) in &self.env {
+            let key_ok = !key.is_empty()
+                && key.len() <= 64
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !key_ok {
+                return Err(format!(
+                    "guest environment key {key:?}: use 1–64 characters of A-Z, a-z, 0-9, '_', '-', '.'"
+                ));
+            }
+            if value.len() > 1024 || value.contains(['\n', '\0']) {
+                return Err(format!(
+                    "guest environment value of {key}: at most 1024 characters, one line"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl VmSpec {
@@ -86,7 +172,7 @@ impl VmSpec {
         if c.affinity.is_some() && c.affinity == c.anti_affinity {
             return Err("a VM cannot be in the same affinity and anti-affinity group".into());
         }
-        Ok(())
+        self.guest.validate()
     }
 }
 

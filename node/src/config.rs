@@ -98,6 +98,27 @@ pub struct Flags {
     /// QEMU's TLS for libvirt migration streams, true or false [default: true].
     #[arg(long, env = "PADDOCK_LIBVIRT_MIGRATE_TLS")]
     pub libvirt_migrate_tls: Option<bool>,
+    /// Domain type for libvirt VMs: kvm, qemu (TCG, software) or auto (kvm when libvirt
+    /// offers it and /dev/kvm can be opened, else qemu). Some KVMs run only firmware guests:
+    /// set qemu there [default: auto].
+    #[arg(long, env = "PADDOCK_LIBVIRT_DOMAIN_TYPE")]
+    pub libvirt_domain_type: Option<String>,
+    /// The network every libvirt VM's NIC joins: NAME or network:NAME (a libvirt network) or
+    /// bridge:NAME (a host bridge) [default: no NIC].
+    #[arg(long, env = "PADDOCK_VM_NETWORK")]
+    pub vm_network: Option<String>,
+    /// Storage every node mounts at this same path (NFS, CephFS...): disks of VMs with
+    /// --disk-policy shared live there, so HA restarts and migrations reuse them.
+    #[arg(long, env = "PADDOCK_SHARED_STORAGE")]
+    pub shared_storage: Option<PathBuf>,
+    /// How long a libvirt VM asked to stop may take to shut down (ACPI) before it is
+    /// powered off, e.g. 30s [default: 60s].
+    #[arg(long, env = "PADDOCK_LIBVIRT_SHUTDOWN_TIMEOUT")]
+    pub libvirt_shutdown_timeout: Option<String>,
+    /// Longest a libvirt live migration may take before it is aborted and rolled back,
+    /// e.g. 10m [default: 10m].
+    #[arg(long, env = "PADDOCK_LIBVIRT_MIGRATE_TIMEOUT")]
+    pub libvirt_migrate_timeout: Option<String>,
     /// vCPUs this node offers to VMs [default: the host's].
     #[arg(long, env = "PADDOCK_CPUS")]
     pub cpus: Option<u32>,
@@ -195,6 +216,16 @@ pub enum DriverKind {
     Libvirt,
 }
 
+/// Which libvirt domain type VMs get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainType {
+    /// kvm when libvirt offers it and /dev/kvm opens, else qemu.
+    Auto,
+    Kvm,
+    /// TCG: software emulation, slow but runs anywhere.
+    Qemu,
+}
+
 /// What a node offers and how its driver runs.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -205,6 +236,11 @@ pub struct HostConfig {
     /// `{host}` stands for the destination node's host.
     pub libvirt_migrate_uri: String,
     pub libvirt_migrate_tls: bool,
+    pub libvirt_domain_type: DomainType,
+    pub vm_network: Option<String>,
+    pub shared_storage: Option<PathBuf>,
+    pub libvirt_migrate_timeout: std::time::Duration,
+    pub libvirt_shutdown_timeout: std::time::Duration,
     pub cpus: Option<u32>,
     pub memory_mib: Option<u64>,
     /// Taken off the host's memory when `memory_mib` is not given.
@@ -396,7 +432,40 @@ impl NodeConfig {
                 "--libvirt-migrate-uri {libvirt_migrate_uri:?} has no {{host}}: every migration would go to the same libvirtd; use e.g. qemu+tls://{{host}}/system"
             )));
         }
+        let libvirt_domain_type = match flags.libvirt_domain_type.as_deref() {
+            None | Some("auto") => DomainType::Auto,
+            Some("kvm") => DomainType::Kvm,
+            Some("qemu") => DomainType::Qemu,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "--libvirt-domain-type {other:?} is unknown; use auto, kvm or qemu"
+                )))
+            }
+        };
+        if let Some(dir) = &flags.shared_storage {
+            if !dir.is_absolute() {
+                return Err(invalid(format!(
+                    "--shared-storage {} is not an absolute path; give the path every node mounts the shared storage at",
+                    dir.display()
+                )));
+            }
+        }
+        let libvirt_migrate_timeout = match flags.libvirt_migrate_timeout.as_deref() {
+            None => std::time::Duration::from_secs(600),
+            Some(text) => paddock_model::duration::parse(text)
+                .map_err(|e| invalid(format!("--libvirt-migrate-timeout: {e}")))?,
+        };
+        let libvirt_shutdown_timeout = match flags.libvirt_shutdown_timeout.as_deref() {
+            None => std::time::Duration::from_secs(60),
+            Some(text) => paddock_model::duration::parse(text)
+                .map_err(|e| invalid(format!("--libvirt-shutdown-timeout: {e}")))?,
+        };
         let host = HostConfig {
+            libvirt_shutdown_timeout,
+            libvirt_domain_type,
+            vm_network: flags.vm_network,
+            shared_storage: flags.shared_storage,
+            libvirt_migrate_timeout,
             driver,
             watchdog,
             libvirt_uri: flags

@@ -312,13 +312,29 @@ fn open_driver(config: &NodeConfig) -> anyhow::Result<Arc<dyn Driver>> {
             Some(&config.certs_dir),
         )?)),
         #[cfg(feature = "libvirt")]
-        DriverKind::Libvirt => Ok(Arc::new(crate::drivers::libvirt::Libvirt::open(
-            &config.host.libvirt_uri,
-            crate::drivers::libvirt::migration::MigrationConfig {
-                peer_uri: config.host.libvirt_migrate_uri.clone(),
-                tls: config.host.libvirt_migrate_tls,
-            },
-        )?)),
+        DriverKind::Libvirt => {
+            use crate::drivers::libvirt::{self, disks::DiskStore, migration::MigrationConfig};
+            let host = &config.host;
+            let driver = libvirt::Libvirt::open(libvirt::LibvirtSettings {
+                uri: host.libvirt_uri.clone(),
+                domain_type: host.libvirt_domain_type,
+                migration: MigrationConfig {
+                    peer_uri: host.libvirt_migrate_uri.clone(),
+                    tls: host.libvirt_migrate_tls,
+                    timeout: host.libvirt_migrate_timeout,
+                },
+                network: host.vm_network.clone(),
+                shutdown_timeout: host.libvirt_shutdown_timeout,
+                disks: DiskStore {
+                    local: config.data_dir.join("vms"),
+                    shared: host.shared_storage.clone(),
+                },
+            })?;
+            // QEMU does not read the lease: the fencing process destroys the domains when it
+            // ends, even with this paddockd dead.
+            libvirt::fence::ensure_running(&config.data_dir, &host.libvirt_uri)?;
+            Ok(Arc::new(driver))
+        }
         #[cfg(not(feature = "libvirt"))]
         DriverKind::Libvirt => anyhow::bail!(
             "this paddockd was built without the libvirt driver; rebuild it with `cargo build --release --features paddock-node/libvirt` (needs libvirt-dev and pkg-config), or use --driver memvm"

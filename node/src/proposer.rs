@@ -175,10 +175,13 @@ impl Proposer {
             });
         }
         let result = self
-            .until_answered(ForwardRequest::Write(request), |reply| match reply {
-                ForwardReply::Written(outcome) => Some(outcome),
-                ForwardReply::Read(_) => None,
-            })
+            .until_answered(
+                ForwardRequest::Write(Box::new(request)),
+                |reply| match reply {
+                    ForwardReply::Written(outcome) => Some(outcome),
+                    ForwardReply::Read(_) => None,
+                },
+            )
             .await;
         self.metrics.count_write(match &result {
             Ok(Ok(_)) => "ok",
@@ -254,7 +257,10 @@ impl Proposer {
             }),
             command,
         };
-        match self.serve_as_leader(ForwardRequest::Write(request)).await? {
+        match self
+            .serve_as_leader(ForwardRequest::Write(Box::new(request)))
+            .await?
+        {
             ForwardReply::Written(outcome) => Ok(outcome),
             ForwardReply::Read(_) => Err(ProposeError::Internal(
                 "leader answered another request kind".into(),
@@ -273,7 +279,7 @@ impl Proposer {
                 let (reply, answer) = oneshot::channel();
                 self.batcher
                     .send(PendingWrite {
-                        request,
+                        request: *request,
                         queued: Instant::now(),
                         reply,
                     })

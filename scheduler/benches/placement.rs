@@ -53,6 +53,7 @@ fn main() {
                 ha: i % 2 == 0,
                 priority: (i % 1000) as u16,
                 constraints,
+                guest: Default::default(),
             },
             desired: Desired::Running,
         });

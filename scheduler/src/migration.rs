@@ -177,6 +177,7 @@ mod tests {
             ha: false,
             priority: 0,
             constraints: Default::default(),
+            guest: Default::default(),
         };
         apply(
             state,

@@ -29,7 +29,24 @@ pub struct LocalNode {
     pub extra_args: Vec<String>,
     /// How the node entered the cluster: `--peers ...` or `--join ...`.
     pub bootstrap: Vec<String>,
+    /// Where the node runs when not on this machine's loopback ([`NodeHost`]).
+    pub host: Option<NodeHost>,
     pub child: Option<Child>,
+}
+
+/// A node that runs on a host of its own (a network namespace with its own address, e.g. a
+/// [`crate::libvirt_hosts::LibvirtHost`]) instead of on 127.0.0.1.
+#[derive(Debug, Clone)]
+pub struct NodeHost {
+    /// The host's address: the node listens there.
+    pub address: String,
+    /// Command prefix that runs a program on the host (`nsenter ... --`).
+    pub launcher: Vec<String>,
+    /// The node's data directory as the node sees it, when the host mounts it elsewhere
+    /// (`LocalNode::data_dir` stays where this machine sees it).
+    pub data_dir_inside: Option<PathBuf>,
+    /// Flags for this node only (its libvirt URI...).
+    pub args: Vec<String>,
 }
 
 /// Local nodes sharing one certificates directory.
@@ -49,6 +66,8 @@ pub struct LocalClusterSpec {
     pub base_port: Option<u16>,
     /// Flags for every node, e.g. `["--storage", "sled"]`.
     pub extra_args: Vec<String>,
+    /// One per node to run the nodes on hosts of their own; empty: all on 127.0.0.1.
+    pub hosts: Vec<NodeHost>,
 }
 
 impl Default for LocalClusterSpec {
@@ -57,6 +76,7 @@ impl Default for LocalClusterSpec {
             nodes: 3,
             base_port: None,
             extra_args: Vec::new(),
+            hosts: Vec::new(),
         }
     }
 }
@@ -130,8 +150,20 @@ impl LocalCluster {
             };
             ports.push(port);
         }
+        if !spec.hosts.is_empty() && spec.hosts.len() != spec.nodes {
+            bail!(
+                "{} hosts for {} nodes: give one host per node, or none",
+                spec.hosts.len(),
+                spec.nodes
+            );
+        }
+        let address_of = |i: usize| {
+            spec.hosts
+                .get(i)
+                .map_or("127.0.0.1".to_string(), |h| h.address.clone())
+        };
         let peers = (0..spec.nodes)
-            .map(|i| format!("n{}=127.0.0.1:{}", i + 1, ports[i]))
+            .map(|i| format!("n{}={}:{}", i + 1, address_of(i), ports[i]))
             .collect::<Vec<_>>()
             .join(",");
         for (i, port) in ports.iter().enumerate() {
@@ -146,6 +178,7 @@ impl LocalCluster {
                 http_port,
                 vec!["--peers".into(), peers.clone()],
                 spec.extra_args.clone(),
+                spec.hosts.get(i).cloned(),
             )?;
         }
         Ok(cluster)
@@ -158,20 +191,25 @@ impl LocalCluster {
         http_port: u16,
         bootstrap: Vec<String>,
         extra_args: Vec<String>,
+        host: Option<NodeHost>,
     ) -> anyhow::Result<usize> {
+        let ip = host
+            .as_ref()
+            .map_or("127.0.0.1".to_string(), |h| h.address.clone());
         if !self.certs.cert(name).exists() {
             self.certs
-                .issue_node(name, &["127.0.0.1".into(), "localhost".into()])?;
+                .issue_node(name, &[ip.clone(), "localhost".into()])?;
         }
         let data_dir = self.dir.join(name);
         self.nodes.push(LocalNode {
             name: name.to_string(),
-            address: format!("127.0.0.1:{port}"),
-            http: format!("127.0.0.1:{http_port}"),
+            address: format!("{ip}:{port}"),
+            http: format!("{ip}:{http_port}"),
             log_path: self.dir.join(format!("{name}.log")),
             data_dir,
             extra_args,
             bootstrap,
+            host,
             child: None,
         });
         Ok(self.nodes.len() - 1)
@@ -191,6 +229,7 @@ impl LocalCluster {
             free_port()?,
             vec!["--join".into(), via],
             extra_args,
+            None,
         )
     }
 
@@ -225,11 +264,29 @@ impl LocalCluster {
             .append(true)
             .open(&node.log_path)
             .with_context(|| format!("cannot open {}", node.log_path.display()))?;
-        let child = Command::new(&self.paddockd)
+        let mut command = match &node.host {
+            Some(host) if !host.launcher.is_empty() => {
+                let mut c = Command::new(&host.launcher[0]);
+                c.args(&host.launcher[1..]).arg(&self.paddockd);
+                c
+            }
+            _ => Command::new(&self.paddockd),
+        };
+        let data_dir = node
+            .host
+            .as_ref()
+            .and_then(|h| h.data_dir_inside.clone())
+            .unwrap_or_else(|| node.data_dir.clone());
+        let host_args = node
+            .host
+            .as_ref()
+            .map(|h| h.args.clone())
+            .unwrap_or_default();
+        let child = command
             .arg("--name")
             .arg(&node.name)
             .arg("--data-dir")
-            .arg(&node.data_dir)
+            .arg(&data_dir)
             .arg("--listen")
             .arg(&node.address)
             .arg("--http")
@@ -238,6 +295,7 @@ impl LocalCluster {
             .arg(&self.certs.dir)
             .args(&node.bootstrap)
             .args(&node.extra_args)
+            .args(&host_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -28,6 +28,9 @@ pub fn binaries() -> PathBuf {
             .to_path_buf();
         let mut build = Command::new(env!("CARGO"));
         build.args(["build", "--quiet", "--workspace", "--bins"]);
+        if cfg!(feature = "libvirt") {
+            build.args(["--features", "paddock-node/libvirt"]);
+        }
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }
@@ -74,6 +77,7 @@ pub fn spec(nodes: usize) -> LocalClusterSpec {
         nodes,
         base_port: None,
         extra_args: fast_timings(),
+        hosts: Vec::new(),
     }
 }
 

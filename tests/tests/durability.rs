@@ -45,6 +45,7 @@ async fn kill_loop(storage: &str) -> anyhow::Result<()> {
         nodes: 1,
         base_port: None,
         extra_args: extra,
+        hosts: Vec::new(),
     })?;
     let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     for round in 0..5 {
@@ -115,6 +116,7 @@ async fn a_node_that_missed_many_writes_catches_up_by_snapshot() -> anyhow::Resu
         nodes: 3,
         base_port: None,
         extra_args: extra,
+        hosts: Vec::new(),
     })?;
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;

@@ -2,15 +2,21 @@
 
 use paddock_model::command::NewVm;
 use paddock_model::query::{VmSummary, MAX_LIST_LIMIT};
-use paddock_model::vm::{Constraints, Desired, Disk};
+use paddock_model::vm::{Constraints, Desired, Disk, DiskPolicy, Guest};
 use paddock_model::{Command, Query, Rejection, Vm, VmSpec};
 
 use super::non_empty;
 use crate::pb;
 
-impl From<&pb::VmSpec> for VmSpec {
-    fn from(spec: &pb::VmSpec) -> Self {
-        VmSpec {
+impl TryFrom<&pb::VmSpec> for VmSpec {
+    type Error = String;
+
+    fn try_from(spec: &pb::VmSpec) -> Result<Self, String> {
+        let disk_policy = match spec.disk_policy.as_str() {
+            "" => DiskPolicy::default(),
+            text => DiskPolicy::parse(text)?,
+        };
+        Ok(VmSpec {
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
             disks: spec
@@ -30,7 +36,14 @@ impl From<&pb::VmSpec> for VmSpec {
                 affinity: non_empty(&spec.affinity),
                 prefer: spec.prefer.clone(),
             },
-        }
+            guest: Guest {
+                kernel: non_empty(&spec.kernel),
+                initrd: non_empty(&spec.initrd),
+                cmdline: non_empty(&spec.cmdline),
+                env: spec.env.clone().into_iter().collect(),
+                disk_policy,
+            },
+        })
     }
 }
 
@@ -54,6 +67,11 @@ impl From<&VmSpec> for pb::VmSpec {
             anti_affinity: spec.constraints.anti_affinity.clone().unwrap_or_default(),
             affinity: spec.constraints.affinity.clone().unwrap_or_default(),
             prefer: spec.constraints.prefer.clone(),
+            kernel: spec.guest.kernel.clone().unwrap_or_default(),
+            initrd: spec.guest.initrd.clone().unwrap_or_default(),
+            cmdline: spec.guest.cmdline.clone().unwrap_or_default(),
+            env: spec.guest.env.clone().into_iter().collect(),
+            disk_policy: spec.guest.disk_policy.name().to_string(),
         }
     }
 }
@@ -108,12 +126,14 @@ fn desired(running: bool) -> Desired {
 }
 
 impl pb::VmCreateRequest {
-    fn new_vm(&self) -> NewVm {
-        NewVm {
+    fn new_vm(&self) -> Result<NewVm, Rejection> {
+        let spec = VmSpec::try_from(&self.spec.clone().unwrap_or_default())
+            .map_err(|reason| Rejection::Invalid { reason })?;
+        Ok(NewVm {
             name: self.name.clone(),
-            spec: VmSpec::from(&self.spec.clone().unwrap_or_default()),
+            spec,
             desired: desired(!self.stopped),
-        }
+        })
     }
 
     pub fn command(&self) -> Result<Command, Rejection> {
@@ -126,7 +146,7 @@ impl pb::VmCreateRequest {
             name,
             spec,
             desired,
-        } = self.new_vm();
+        } = self.new_vm()?;
         Ok(Command::VmCreate {
             name,
             spec,
@@ -136,10 +156,14 @@ impl pb::VmCreateRequest {
 }
 
 impl pb::VmCreateManyRequest {
-    pub fn command(&self) -> Command {
-        Command::VmCreateMany {
-            vms: self.vms.iter().map(pb::VmCreateRequest::new_vm).collect(),
-        }
+    pub fn command(&self) -> Result<Command, Rejection> {
+        Ok(Command::VmCreateMany {
+            vms: self
+                .vms
+                .iter()
+                .map(pb::VmCreateRequest::new_vm)
+                .collect::<Result<_, _>>()?,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! `paddock bench`: benchmarks on a fresh local cluster of real `paddockd` processes (gRPC,
 //! mutual TLS, fsync on). Figures go to docs/benchmarks.md; nothing here asserts a time.
 
+mod libvirt;
 mod migration;
 
 use std::sync::{Arc, Mutex};
@@ -81,6 +82,16 @@ pub enum BenchCommand {
         #[arg(long, value_parser = ["idle", "busy", "flat-out", "bandwidth", "drain"])]
         only: Option<String>,
     },
+    /// Paddock on real QEMU next to virsh in the same run: VM start, live migration (pre-copy,
+    /// post-copy), HA recovery of a killed host, fencing after paddockd-only kills. Root,
+    /// QEMU and libvirt (testkit/libvirt/install.sh), paddockd built with the libvirt feature.
+    Libvirt {
+        /// Runs per scenario (fencing: twice as many kills).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long, value_parser = ["create", "migration", "ha", "fencing"])]
+        only: Option<String>,
+    },
     /// Node memory with many keys, and the time a restarted node takes to be ready.
     State {
         #[arg(long, default_value_t = 100_000)]
@@ -109,6 +120,7 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             storage,
         } => state(keys, value_size, &storage).await,
         BenchCommand::FailoverVms { vms, runs } => failover_vms(vms, runs).await,
+        BenchCommand::Libvirt { runs, only } => libvirt::run(runs, only).await,
         BenchCommand::Migration {
             runs,
             drain_vms,
@@ -283,6 +295,7 @@ async fn start_cluster_with(
         nodes,
         base_port: None,
         extra_args,
+        hosts: Vec::new(),
     };
     let mut cluster = LocalCluster::prepare(dir.path(), &spec, find_paddockd()?)?;
     cluster.start_all()?;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use crate::output::{exit, Failure};
+use paddock_testkit::libvirt_hosts::{LibvirtHosts, TestGuest};
 use paddock_testkit::local_cluster::{find_paddockd, LocalCluster, LocalClusterSpec};
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +27,11 @@ pub enum DevCommand {
         /// Start the nodes in the background and return; stop them with `paddock dev down`.
         #[arg(long)]
         detach: bool,
+        /// Real VMs: each node on a libvirt host of its own (a network namespace with its own
+        /// libvirtd and QEMU; root, libvirt and QEMU needed: testkit/libvirt/install.sh), and a
+        /// tiny Linux test guest to boot. paddockd must be built with the libvirt feature.
+        #[arg(long)]
+        libvirt: bool,
     },
     /// Stop a cluster started with `dev up --detach`.
     Down {
@@ -44,7 +50,8 @@ pub async fn run(command: DevCommand) -> Result<(), Failure> {
             base_port,
             storage,
             detach,
-        } => up(nodes, &dir, base_port, storage, detach).await,
+            libvirt,
+        } => up(nodes, &dir, base_port, storage, detach, libvirt).await,
         DevCommand::Down { dir } => down(&dir),
     }
 }
@@ -55,6 +62,7 @@ async fn up(
     base_port: u16,
     storage: String,
     detach: bool,
+    libvirt: bool,
 ) -> Result<(), Failure> {
     if !(1..=7).contains(&nodes) {
         return Err(Failure::new(
@@ -73,10 +81,17 @@ async fn up(
         ));
     }
     let dir = std::path::absolute(dir)?;
-    let spec = LocalClusterSpec {
+    let mut spec = LocalClusterSpec {
         nodes,
         base_port: Some(base_port),
         extra_args: vec!["--storage".into(), storage],
+        hosts: Vec::new(),
+    };
+    // Real VMs: libvirt hosts for the nodes, torn down when this command ends.
+    let real = if libvirt {
+        Some(libvirt_hosts(&dir, nodes, detach, &mut spec)?)
+    } else {
+        None
     };
     let mut cluster = LocalCluster::prepare(&dir, &spec, find_paddockd()?)?;
     cluster.start_all()?;
@@ -101,6 +116,18 @@ async fn up(
     println!("  export PADDOCK_CERTS_DIR={}", cluster.certs.dir.display());
     println!("  paddock cluster status");
     println!("  paddock kv put greeting hello && paddock kv get greeting");
+    if let Some((_, guest)) = &real {
+        println!(
+            "  paddock vm create web-1 --cpus 1 --memory 128MiB --disk 1GiB --ha --disk-policy shared \\\n      --kernel {} --initrd {} --cmdline '{}' --wait",
+            guest.kernel.display(),
+            guest.initrd.display(),
+            TestGuest::cmdline(16)
+        );
+        println!(
+            "  (its serial console: {}/hN/paddock/vms/web-1/console.log on the host running it)",
+            dir.join("hosts").display()
+        );
+    }
     // Both modes record the node processes, so `dev down` stops the cluster from any terminal.
     let pids: Vec<String> = cluster
         .nodes
@@ -150,6 +177,60 @@ async fn up(
     cluster.stop_all();
     let _ = std::fs::remove_file(dir.join(PIDS_FILE));
     Ok(())
+}
+
+/// Libvirt hosts for `nodes` nodes under `dir/hosts` and the test guest under `dir/guest`;
+/// the nodes in `spec` are placed on them.
+fn libvirt_hosts(
+    dir: &Path,
+    nodes: usize,
+    detach: bool,
+    spec: &mut LocalClusterSpec,
+) -> Result<(LibvirtHosts, TestGuest), Failure> {
+    if detach {
+        return Err(Failure::new(
+            exit::INVALID,
+            "--libvirt cannot --detach: the libvirt hosts live as long as `dev up` runs",
+        ));
+    }
+    LibvirtHosts::can_run()
+        .map_err(|why| Failure::new(exit::UNAVAILABLE, format!("--libvirt: {why}")))?;
+    println!(
+        "setting up {nodes} libvirt hosts (the first start of libvirtd probes QEMU, ~15 s)..."
+    );
+    // Fresh hosts each time (new addresses): the nodes' certificates are made again for them.
+    let _ = std::fs::remove_dir_all(dir.join("hosts"));
+    for i in 1..=nodes {
+        for ext in ["crt", "key"] {
+            let _ = std::fs::remove_file(dir.join(format!("certs/n{i}.{ext}")));
+        }
+    }
+    let hosts = LibvirtHosts::up(&dir.join("hosts"), nodes)?;
+    let guest = TestGuest::build(&dir.join("guest"))?;
+    let kind = if std::path::Path::new("/dev/kvm").exists()
+        && hosts.hosts[0].boots(&guest, "kvm", Duration::from_secs(20))
+    {
+        "kvm"
+    } else {
+        "qemu"
+    };
+    println!(
+        "VMs run as {kind} domains (KVM booted the test guest: {})",
+        kind == "kvm"
+    );
+    spec.extra_args.extend(
+        [
+            "--libvirt-domain-type",
+            kind,
+            "--shared-storage",
+            &hosts.shared.display().to_string(),
+            "--libvirt-migrate-uri",
+            &hosts.peer_uri_tls(),
+        ]
+        .map(String::from),
+    );
+    spec.hosts = hosts.hosts.iter().map(|h| h.node_host(&[])).collect();
+    Ok((hosts, guest))
 }
 
 fn down(dir: &Path) -> Result<(), Failure> {

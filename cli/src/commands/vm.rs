@@ -88,6 +88,23 @@ pub struct CreateArgs {
     /// Preferred node; repeatable, first first.
     #[arg(long = "prefer")]
     pub prefer: Vec<String>,
+    /// Direct kernel boot (libvirt): the kernel's path, the same on every node.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Initial ramdisk for --kernel.
+    #[arg(long)]
+    pub initrd: Option<String>,
+    /// Kernel command line for --kernel.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Guest metadata KEY=VALUE the guest can read (libvirt: SMBIOS OEM strings
+    /// `paddock:KEY=VALUE`); repeatable.
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Where the disks live: local (on the node; an HA restart elsewhere starts from a fresh
+    /// disk) or shared (on every node's --shared-storage; restarts and migrations reuse it).
+    #[arg(long, default_value = "local")]
+    pub disk_policy: String,
     /// Create without starting.
     #[arg(long)]
     pub stopped: bool,
@@ -155,6 +172,11 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                 anti_affinity: args.anti_affinity.unwrap_or_default(),
                 affinity: args.affinity.unwrap_or_default(),
                 prefer: args.prefer,
+                kernel: args.kernel.unwrap_or_default(),
+                initrd: args.initrd.unwrap_or_default(),
+                cmdline: args.cmdline.unwrap_or_default(),
+                env: key_values("--env", &args.env)?.into_iter().collect(),
+                disk_policy: args.disk_policy,
             };
             let want = if args.stopped { "stopped" } else { "running" };
             if let Some(count) = args.count {

@@ -612,6 +612,7 @@ mod tests {
             ha: false,
             priority: 0,
             constraints: Default::default(),
+            guest: Default::default(),
         };
         apply(
             &mut state,

@@ -8,6 +8,7 @@
 //! committed (told by the source, or by this worker when it sees the commit itself). The
 //! worker keeps no state that matters across restarts: it asks the guests where they are.
 
+use paddock_model::vm::DiskPolicy;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -277,6 +278,9 @@ impl Worker {
                     bandwidth,
                     streams: settings.migration_streams as u16,
                     target_epoch: m.target_epoch,
+                    copy_storage: applied.state.vms.get(&m.vm).is_some_and(|vm| {
+                        vm.spec.guest.disk_policy == DiskPolicy::Local && !vm.spec.disks.is_empty()
+                    }),
                 }
             };
             let vm = m.vm.clone();

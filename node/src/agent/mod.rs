@@ -88,6 +88,11 @@ impl Agent {
         let mut reported = Reported::default();
         let mut registered = None;
         let mut first_pass = true;
+        // Drivers with events (libvirt) wake the pass when a VM changes by itself.
+        let changes = self
+            .driver
+            .changes()
+            .unwrap_or_else(|| std::sync::Arc::new(tokio::sync::Notify::new()));
         loop {
             let current = lease.lock().ok().and_then(|l| *l);
             let busy = match self
@@ -108,6 +113,7 @@ impl Agent {
             }
             tokio::select! {
                 _ = applied.changed() => {}
+                _ = changes.notified() => {}
                 _ = tokio::time::sleep(PASS_EVERY) => {}
                 _ = shutdown.changed() => return,
             }
@@ -197,6 +203,11 @@ impl Agent {
             self.blocking(move |d| d.destroy(&instance.vm)).await?;
         }
         if !plan.gone.is_empty() {
+            for vm in plan.gone.clone() {
+                if let Err(e) = self.blocking(move |d| d.forget(&vm)).await {
+                    tracing::warn!(error = %e, "cannot remove what a deleted VM left on this node");
+                }
+            }
             self.propose(Command::VmGone {
                 node: self.name.clone(),
                 vms: plan.gone,

@@ -126,6 +126,7 @@ pub(crate) mod testing {
             ha,
             priority: 0,
             constraints: Default::default(),
+            guest: Default::default(),
         }
     }
 

@@ -52,6 +52,10 @@ pub struct MigrateRequest {
     /// The epoch the VM gets at the destination once switched.
     #[serde(default)]
     pub target_epoch: u64,
+    /// The VM's disks are local to the node: copy them with the memory (libvirt:
+    /// non-shared-incremental storage migration; the image is on both nodes).
+    #[serde(default)]
+    pub copy_storage: bool,
 }
 
 /// Which side of a migration a VM on this host is.
@@ -93,8 +97,24 @@ pub trait Driver: Send + Sync {
     fn start(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<(), DriverError>;
     /// Asks `vm` to shut down; returns at once (the next `list` shows `Stopping`, then `Stopped`).
     fn stop(&self, vm: &str) -> Result<(), DriverError>;
-    /// Kills `vm` at once if it runs and forgets it.
+    /// Kills `vm` at once if it runs and forgets it (its disks stay: it may start here again).
     fn destroy(&self, vm: &str) -> Result<(), DriverError>;
+    /// `vm` was deleted from the cluster and no longer runs here: remove what it left on this
+    /// node (libvirt: its disks and console log; never an image).
+    fn forget(&self, vm: &str) -> Result<(), DriverError> {
+        let _ = vm;
+        Ok(())
+    }
+    /// Woken when a VM here changes state by itself (libvirt lifecycle events), so the agent
+    /// reports a crash at once instead of at its next periodic pass.
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// The file the node keeps `vm`'s serial console in, if the driver keeps one.
+    fn console_log(&self, vm: &str) -> Option<std::path::PathBuf> {
+        let _ = vm;
+        None
+    }
 
     /// Starts `vm` as the destination of `migration`, for assignment `epoch` once switched,
     /// listening on `listen_host`.

@@ -35,8 +35,9 @@ impl vms_server::Vms for VmsService {
     ) -> Result<Response<pb::VmCreateResponse>, Status> {
         let who = caller(&request)?;
         let r = request.into_inner();
+        let command = r.command().map_err(refused)?;
         self.ops
-            .done(&who, r.request_id.map(Into::into), r.command())
+            .done(&who, r.request_id.map(Into::into), command)
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmCreateResponse {}))
     }
