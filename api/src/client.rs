@@ -487,6 +487,29 @@ impl Client {
         .map(|_| ())
     }
 
+    /// A chunk of `name`'s serial console log from `offset` (or its last `max_bytes` with
+    /// `from_end`), asked of any node (it asks the VM's node).
+    pub async fn vm_logs(
+        &mut self,
+        name: &str,
+        offset: u64,
+        from_end: bool,
+        max_bytes: u32,
+    ) -> Result<pb::VmLogsResponse, ClientError> {
+        let request = pb::VmLogsRequest {
+            name: name.to_string(),
+            offset,
+            from_end,
+            max_bytes,
+            forwarded: false,
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { VmsClient::new(channel).logs(request).await }
+        })
+        .await
+    }
+
     pub async fn settings(
         &mut self,
     ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {

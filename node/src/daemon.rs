@@ -176,9 +176,13 @@ pub async fn run(
         heard: heard.clone(),
     })
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let vms_service = pb::vms_server::VmsServer::new(VmsService { ops: ops.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let vms_service = pb::vms_server::VmsServer::new(VmsService {
+        ops: ops.clone(),
+        node: config.name.clone(),
+        driver: driver.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let settings_service =
         pb::settings_server::SettingsServer::new(SettingsService { ops: ops.clone() });
     // Live progress of running migrations, kept by the leader.

@@ -231,6 +231,22 @@ async fn a_direct_boot_guest_runs_with_its_console_metadata_disk_and_nic() -> an
     let console = real.console("n1", "web-1");
     assert!(console.contains("GUEST env hostname=web-1"), "{console}");
     assert!(console.contains("GUEST env role=test"), "{console}");
+    // `vm logs` through a node that does not run it: it asks n1.
+    let mut via_n2 = real.cluster.client_of(
+        vec![real.cluster.nodes[1].address.clone()],
+        Duration::from_secs(10),
+    )?;
+    let chunk = via_n2.vm_logs("web-1", 0, false, 0).await?;
+    assert_eq!(chunk.node, "n1");
+    let text = String::from_utf8_lossy(&chunk.data);
+    assert!(
+        text.contains("GUEST READY") && text.contains("round 1 ok"),
+        "{text}"
+    );
+    let more = via_n2.vm_logs("web-1", chunk.next_offset, false, 0).await?;
+    assert!(more.next_offset >= chunk.next_offset);
+    let tail = via_n2.vm_logs("web-1", 0, true, 64).await?;
+    assert!(tail.data.len() <= 64 && tail.next_offset >= chunk.next_offset);
     // Its own disk: a qcow2 file under the node's VM directory, attached as vda.
     let host = &real.hosts.hosts[0];
     let disk = host.paddock_dir().join("vms/web-1/disk0.qcow2");

@@ -26,7 +26,7 @@ struct Bench {
     _dir: tempfile::TempDir,
 }
 
-pub async fn run(runs: usize, only: Option<String>) -> Result<(), Failure> {
+pub async fn run(runs: usize, only: Option<String>, rewrite_mib: u32) -> Result<(), Failure> {
     LibvirtHosts::can_run()
         .map_err(|why| Failure::new(exit::UNAVAILABLE, format!("bench libvirt: {why}")))?;
     let mut bench = Bench::up().await?;
@@ -40,7 +40,7 @@ pub async fn run(runs: usize, only: Option<String>) -> Result<(), Failure> {
         bench.create(runs).await?;
     }
     if wants("migration") {
-        bench.migration(runs).await?;
+        bench.migration(runs, rewrite_mib).await?;
     }
     if wants("ha") {
         bench.ha(runs).await?;
@@ -214,9 +214,15 @@ impl Bench {
             );
             plain.push('\n');
         }
-        let dir = self.hosts.hosts[host].paddock_dir().join("vms").join(name);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join("domain.xml");
+        // Its console log's directory on every host (it may migrate anywhere).
+        for h in &self.hosts.hosts {
+            std::fs::create_dir_all(h.paddock_dir().join("vms").join(name))?;
+        }
+        let path = self.hosts.hosts[host]
+            .paddock_dir()
+            .join("vms")
+            .join(name)
+            .join("domain.xml");
         std::fs::write(&path, plain)?;
         Ok(path)
     }
@@ -268,12 +274,12 @@ impl Bench {
         Ok(())
     }
 
-    /// A 512 MiB guest rewriting 256 MiB: Paddock's migration vs `virsh migrate --live --p2p
+    /// A 512 MiB guest rewriting `rewrite_mib` per round: Paddock's migration vs `virsh migrate --live --p2p
     /// --tls` of a plain copy of the same domain, pre-copy and post-copy, alternating.
-    async fn migration(&self, runs: usize) -> Result<(), Failure> {
+    async fn migration(&self, runs: usize, rewrite_mib: u32) -> Result<(), Failure> {
         let mut client = self.client()?;
         client
-            .vm_create("bm", self.spec(256, 512, "n1", false, false), false)
+            .vm_create("bm", self.spec(rewrite_mib, 512, "n1", false, false), false)
             .await?;
         self.wait_running("bm").await?;
         // Let the guest boot and start rewriting.
@@ -401,7 +407,9 @@ impl Bench {
                     ms(wall)
                 );
             };
-            println!("migration {mode}, 512 MiB guest rewriting 256 MiB, QEMU TLS:");
+            println!(
+                "migration {mode}, 512 MiB guest rewriting {rewrite_mib} MiB per round, QEMU TLS:"
+            );
             summary("Paddock `vm migrate`", &ours);
             summary("virsh migrate --live --p2p --tls", &theirs);
         }

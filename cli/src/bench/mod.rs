@@ -91,6 +91,9 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long, value_parser = ["create", "migration", "ha", "fencing"])]
         only: Option<String>,
+        /// MiB the migrated 512 MiB guest rewrites per round (and verifies).
+        #[arg(long, default_value_t = 256)]
+        rewrite_mib: u32,
     },
     /// Node memory with many keys, and the time a restarted node takes to be ready.
     State {
@@ -120,7 +123,11 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             storage,
         } => state(keys, value_size, &storage).await,
         BenchCommand::FailoverVms { vms, runs } => failover_vms(vms, runs).await,
-        BenchCommand::Libvirt { runs, only } => libvirt::run(runs, only).await,
+        BenchCommand::Libvirt {
+            runs,
+            only,
+            rewrite_mib,
+        } => libvirt::run(runs, only, rewrite_mib).await,
         BenchCommand::Migration {
             runs,
             drain_vms,

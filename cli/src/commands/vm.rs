@@ -34,6 +34,40 @@ pub enum VmCommand {
     Delete(Target),
     /// Live-migrate a running VM to another node (it keeps running).
     Migrate(super::migration::MigrateArgs),
+    /// The VM's serial console log, kept by the node that runs it (libvirt VMs).
+    Logs {
+        name: String,
+        /// Keep printing what the guest writes (Ctrl-C to stop).
+        #[arg(long, short)]
+        follow: bool,
+        /// How much of the end of the log to show first.
+        #[arg(long, default_value = "16KiB", value_parser = parse_mib_or_bytes)]
+        tail: u32,
+    },
+}
+
+/// `16KiB`, `1MiB` or a plain number of bytes (at most 1 MiB, what one call returns).
+fn parse_mib_or_bytes(text: &str) -> Result<u32, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: use e.g. 4096, 16KiB or 1MiB"))?;
+    let bytes = match unit {
+        "" | "B" => n,
+        "KiB" => n << 10,
+        "MiB" => n << 20,
+        _ => {
+            return Err(format!(
+                "invalid size {text:?}: use e.g. 4096, 16KiB or 1MiB"
+            ))
+        }
+    };
+    u32::try_from(bytes)
+        .ok()
+        .filter(|b| *b <= 1 << 20)
+        .ok_or_else(|| format!("--tail {text}: at most 1MiB"))
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +173,38 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
     let mut client = global.client()?;
     match command {
         VmCommand::Migrate(_) => {}
+        VmCommand::Logs { name, follow, tail } => {
+            use std::io::Write;
+            let mut chunk = client
+                .vm_logs(&name, 0, true, tail)
+                .await
+                .map_err(client_failure)?;
+            loop {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&chunk.data)?;
+                out.flush()?;
+                drop(out);
+                if !follow {
+                    break;
+                }
+                if chunk.data.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                // Where the VM moved (migration, HA), its new node's log starts afresh.
+                let node = chunk.node.clone();
+                chunk = client
+                    .vm_logs(&name, chunk.next_offset, false, 0)
+                    .await
+                    .map_err(client_failure)?;
+                if chunk.node != node {
+                    eprintln!("--- {name} now runs on {}", chunk.node);
+                    chunk = client
+                        .vm_logs(&name, 0, false, 0)
+                        .await
+                        .map_err(client_failure)?;
+                }
+            }
+        }
         VmCommand::Create(args) => {
             let mut disks: Vec<pb::Disk> = args
                 .disks
@@ -430,6 +496,11 @@ pub fn detail_json(vm: &VmDetail) -> serde_json::Value {
         "anti_affinity": spec.anti_affinity,
         "affinity": spec.affinity,
         "prefer": spec.prefer,
+        "kernel": spec.kernel,
+        "initrd": spec.initrd,
+        "cmdline": spec.cmdline,
+        "env": sorted(&spec.env),
+        "disk_policy": disk_policy(&spec),
     });
     value["reason"] = json!(vm.reason);
     value["waiting"] = json!(vm.waiting);
@@ -440,6 +511,15 @@ pub fn detail_json(vm: &VmDetail) -> serde_json::Value {
         .map(|e| json!({"at_ms": e.at_ms, "message": e.message}))
         .collect::<Vec<_>>());
     value
+}
+
+/// The spec's disk policy, `local` when unset.
+fn disk_policy(spec: &pb::VmSpec) -> &str {
+    if spec.disk_policy.is_empty() {
+        "local"
+    } else {
+        &spec.disk_policy
+    }
 }
 
 fn print_detail(vm: &VmDetail) {
@@ -461,6 +541,34 @@ fn print_detail(vm: &VmDetail) {
         if spec.ha { "yes" } else { "no" },
         spec.priority
     );
+    if !spec.kernel.is_empty() {
+        println!(
+            "boot      kernel {} initrd {} cmdline {:?}",
+            spec.kernel,
+            if spec.initrd.is_empty() {
+                "-"
+            } else {
+                &spec.initrd
+            },
+            spec.cmdline
+        );
+    }
+    if !spec.disks.is_empty() {
+        let disks: Vec<String> = spec
+            .disks
+            .iter()
+            .map(|d| match d.image.as_str() {
+                "" => format!("{} MiB", d.size_mib),
+                image => format!("{} MiB on {image}", d.size_mib),
+            })
+            .collect();
+        let policy = match disk_policy(&spec) {
+            "shared" => "shared: restarts and migrations elsewhere reuse them",
+            _ if spec.ha => "local: an HA restart on another node starts from fresh disks",
+            _ => "local to the node",
+        };
+        println!("disks     {} ({policy})", disks.join(", "));
+    }
     if !vm.waiting.is_empty() {
         println!("waiting   {}", vm.waiting);
     }

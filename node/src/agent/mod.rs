@@ -31,8 +31,9 @@ use reconcile::{reconcile, Action, Cleanup, Replica, Reported, Standing, RESEND_
 
 /// Longest time between two passes when nothing changes.
 pub const PASS_EVERY: Duration = Duration::from_secs(1);
-/// Shortest time between two passes (bounds the work under a burst of changes).
-const MIN_GAP: Duration = Duration::from_millis(100);
+/// Shortest time between the starts of two passes (bounds the work under a burst of changes;
+/// also the most a new assignment waits for the pass that starts it).
+const MIN_GAP: Duration = Duration::from_millis(50);
 
 pub struct Agent {
     pub name: String,
@@ -95,6 +96,7 @@ impl Agent {
             .unwrap_or_else(|| std::sync::Arc::new(tokio::sync::Notify::new()));
         loop {
             let current = lease.lock().ok().and_then(|l| *l);
+            let pass_started = Instant::now();
             let busy = match self
                 .pass(current, &mut reported, &mut registered, &mut first_pass)
                 .await
@@ -105,9 +107,9 @@ impl Agent {
                     false
                 }
             };
-            // Passes at most every MIN_GAP; sooner than PASS_EVERY when the replica changes or
-            // a VM is between states (so "stopped" shows soon after it happens).
-            tokio::time::sleep(MIN_GAP).await;
+            // Passes start at most every MIN_GAP; sooner than PASS_EVERY when the replica
+            // changes or a VM is between states (so "stopped" shows soon after it happens).
+            tokio::time::sleep(MIN_GAP.saturating_sub(pass_started.elapsed())).await;
             if busy {
                 continue;
             }
@@ -223,9 +225,22 @@ impl Agent {
                 Action::Start(spec) => {
                     tracing::info!(vm = %step.vm, epoch = step.epoch, "starting");
                     let epoch = step.epoch;
-                    let started = self.blocking(move |d| d.start(&name, epoch, &spec)).await;
-                    if let Err(e) = started {
-                        (observed, reason) = (VmState::Failed, Some(format!("cannot start: {e}")));
+                    let vm = name.clone();
+                    let started = self
+                        .blocking(move |d| {
+                            d.start(&vm, epoch, &spec)?;
+                            // A driver whose start returns with the VM running (libvirt) is
+                            // reported running now, not one pass later.
+                            d.state(&vm)
+                        })
+                        .await;
+                    match started {
+                        Ok(Some(InstanceState::Running)) => observed = VmState::Running,
+                        Ok(_) => {}
+                        Err(e) => {
+                            (observed, reason) =
+                                (VmState::Failed, Some(format!("cannot start: {e}")));
+                        }
                     }
                 }
                 Action::Stop => {

@@ -93,6 +93,14 @@ pub trait Driver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Every VM this host has defined, running or not.
     fn list(&self) -> Result<Vec<Instance>, DriverError>;
+    /// The state of one VM here, if it is defined (what `list` would show of it).
+    fn state(&self, vm: &str) -> Result<Option<InstanceState>, DriverError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .find(|i| i.vm == vm)
+            .map(|i| i.state))
+    }
     /// Defines (if needed) and starts `vm` for assignment `epoch`.
     fn start(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<(), DriverError>;
     /// Asks `vm` to shut down; returns at once (the next `list` shows `Stopping`, then `Stopped`).

@@ -31,6 +31,8 @@ pub enum Action {
     VmStartStop,
     VmDelete,
     VmMigrate,
+    /// The VM's serial console (its log): may show what the guest prints, secrets included.
+    VmConsole,
     MigrationRead,
     MigrationCancel,
     SettingsRead,
@@ -65,6 +67,7 @@ impl Action {
         Action::VmStartStop,
         Action::VmDelete,
         Action::VmMigrate,
+        Action::VmConsole,
         Action::MigrationRead,
         Action::MigrationCancel,
         Action::SettingsRead,
@@ -89,6 +92,7 @@ impl Action {
             | Action::VmStartStop
             | Action::VmDelete
             | Action::VmMigrate
+            | Action::VmConsole
             | Action::MigrationCancel => Level::Operate,
             Action::MemberAdd | Action::MemberRemove | Action::SettingsWrite => Level::Administer,
             Action::Internal => Level::Member,
@@ -112,6 +116,7 @@ impl Action {
             Action::VmStartStop => "vm.start-stop",
             Action::VmDelete => "vm.delete",
             Action::VmMigrate => "vm.migrate",
+            Action::VmConsole => "vm.console",
             Action::MigrationRead => "migration.read",
             Action::MigrationCancel => "migration.cancel",
             Action::SettingsRead => "settings.read",
@@ -238,6 +243,7 @@ mod tests {
             (A::VmStartStop, false, true, true, true),
             (A::VmDelete, false, true, true, true),
             (A::VmMigrate, false, true, true, true),
+            (A::VmConsole, false, true, true, true),
             (A::MigrationRead, true, true, true, true),
             (A::MigrationCancel, false, true, true, true),
             (A::SettingsRead, true, true, true, true),

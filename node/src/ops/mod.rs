@@ -82,6 +82,11 @@ impl Ops {
         &self.proposer
     }
 
+    /// This node's replica (reads that need no linearizability: where a VM runs, for `Logs`).
+    pub fn shared(&self) -> &SharedState {
+        &self.shared
+    }
+
     /// A caller's write: authorized by what the command is, checked, proposed through the
     /// leader. `id` makes retries exactly-once (the client's, or one minted by the proposer).
     pub async fn write(

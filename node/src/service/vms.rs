@@ -7,15 +7,121 @@ use paddock_api::pb::{self, vms_server};
 use paddock_model::{Query, QueryResult};
 use tonic::{Request, Response, Status};
 
-use super::{caller, refused, reply, unexpected};
+use super::{authorized, caller, refused, reply, unexpected};
+use crate::drivers::Driver;
+use crate::ops::auth::Action;
 use crate::ops::Ops;
 
 pub struct VmsService {
     pub ops: Arc<Ops>,
+    /// This node's name and driver: `Logs` reads the consoles this node keeps.
+    pub node: String,
+    pub driver: Arc<dyn Driver>,
+}
+
+/// Most bytes one `Logs` call returns.
+const MAX_LOG_CHUNK: u64 = 1 << 20;
+
+/// Reads `[offset, offset + max)` of `path` (or its last `max` bytes), with the offset the
+/// next read continues at. A log shorter than `offset` was recreated: read it from the start.
+fn read_chunk(
+    path: &std::path::Path,
+    offset: u64,
+    from_end: bool,
+    max: u64,
+) -> std::io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let start = match (from_end, offset > len) {
+        (true, _) => len.saturating_sub(max),
+        (false, true) => 0,
+        (false, false) => offset,
+    };
+    file.seek(SeekFrom::Start(start))?;
+    let mut data = Vec::new();
+    file.take(max).read_to_end(&mut data)?;
+    let next = start + data.len() as u64;
+    Ok((data, next))
 }
 
 #[tonic::async_trait]
 impl vms_server::Vms for VmsService {
+    async fn logs(
+        &self,
+        request: Request<pb::VmLogsRequest>,
+    ) -> Result<Response<pb::VmLogsResponse>, Status> {
+        authorized(&request, Action::VmConsole)?;
+        let r = request.into_inner();
+        let max = match u64::from(r.max_bytes) {
+            0 => 64 << 10,
+            n => n.min(MAX_LOG_CHUNK),
+        };
+        let (node, address) = {
+            let shared = self.ops.shared().read();
+            let state = &shared.state;
+            let vm = state.vms.get(&r.name).ok_or_else(|| {
+                Status::not_found(format!("no VM named {}; see `paddock vm list`", r.name))
+            })?;
+            let node = vm
+                .assignment
+                .as_ref()
+                .map(|a| a.node.clone())
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "{} is not placed on any node, so no node keeps its console",
+                        r.name
+                    ))
+                })?;
+            let address = state.members.get(&node).map(|m| m.address.clone());
+            (node, address)
+        };
+        if node == self.node {
+            let path = self.driver.console_log(&r.name).ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "the {} driver keeps no console log (only libvirt VMs have one)",
+                    self.driver.name()
+                ))
+            })?;
+            let (data, next_offset) =
+                tokio::task::spawn_blocking(move || read_chunk(&path, r.offset, r.from_end, max))
+                    .await
+                    .map_err(|e| Status::internal(format!("reading the console log: {e}")))?
+                    .map_err(|e| Status::internal(format!("cannot read the console log: {e}")))?;
+            return Ok(Response::new(pb::VmLogsResponse {
+                node,
+                data,
+                next_offset,
+            }));
+        }
+        if r.forwarded {
+            return Err(Status::unavailable(format!(
+                "{} runs on {node} by this node's replica, not here; retry",
+                r.name
+            )));
+        }
+        let address = address.ok_or_else(|| {
+            Status::unavailable(format!(
+                "{node}, which keeps the console of {}, is not a member",
+                r.name
+            ))
+        })?;
+        let channel = self
+            .ops
+            .proposer()
+            .channel(&address)
+            .map_err(|e| Status::unavailable(format!("cannot reach {node}: {e}")))?;
+        let forwarded = pb::VmLogsRequest {
+            forwarded: true,
+            ..r
+        };
+        vms_client_logs(channel, forwarded).await
+    }
+
     async fn create(
         &self,
         request: Request<pb::VmCreateRequest>,
@@ -102,5 +208,54 @@ impl vms_server::Vms for VmsService {
             .done(&who, r.request_id.map(Into::into), r.command())
             .await?;
         Ok(reply(self.ops.proposer(), pb::VmDeleteResponse {}))
+    }
+}
+
+/// Asks the VM's node for its console log (the caller here is this node, role `node`).
+async fn vms_client_logs(
+    channel: tonic::transport::Channel,
+    request: pb::VmLogsRequest,
+) -> Result<Response<pb::VmLogsResponse>, Status> {
+    let answer = pb::vms_client::VmsClient::new(channel)
+        .logs(request)
+        .await?;
+    Ok(Response::new(answer.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_chunk;
+
+    #[test]
+    fn log_chunks_follow_offsets_and_survive_a_recreated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        assert_eq!(
+            read_chunk(&path, 0, false, 10).expect("missing"),
+            (vec![], 0)
+        );
+        std::fs::write(&path, b"0123456789abcdef").expect("write");
+        assert_eq!(
+            read_chunk(&path, 0, false, 10).expect("head"),
+            (b"0123456789".to_vec(), 10)
+        );
+        assert_eq!(
+            read_chunk(&path, 10, false, 10).expect("rest"),
+            (b"abcdef".to_vec(), 16)
+        );
+        assert_eq!(
+            read_chunk(&path, 16, false, 10).expect("nothing new"),
+            (vec![], 16)
+        );
+        assert_eq!(
+            read_chunk(&path, 0, true, 4).expect("tail"),
+            (b"cdef".to_vec(), 16)
+        );
+        // Recreated shorter than the offset: read from the start again.
+        std::fs::write(&path, b"new").expect("rewrite");
+        assert_eq!(
+            read_chunk(&path, 16, false, 10).expect("restart"),
+            (b"new".to_vec(), 3)
+        );
     }
 }

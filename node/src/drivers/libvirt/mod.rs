@@ -322,6 +322,18 @@ impl Driver for Libvirt {
         })
     }
 
+    fn state(&self, vm: &str) -> Result<Option<InstanceState>, DriverError> {
+        self.with_conn(|conn| {
+            let Ok(domain) = conn.lookup_domain_by_name(vm) else {
+                return Ok(None);
+            };
+            match marks_of(&domain) {
+                Some(marks) => state_of(&domain, marks).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn start(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<(), DriverError> {
         lock(&self.stopping).remove(vm);
         let xml = self.layout_xml(vm, epoch, spec)?;
