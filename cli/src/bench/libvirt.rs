@@ -174,7 +174,8 @@ impl Bench {
                 return Ok(node);
             }
             if started.elapsed() > LONG {
-                return Err(fail(format!("{vm} did not run")));
+                let last = self.state_of(vm).await;
+                return Err(fail(format!("{vm} did not run within {LONG:?}: {last:?}")));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -314,6 +315,10 @@ impl Bench {
                         return Err(fail("a Paddock migration did not end"));
                     }
                 }
+                println!(
+                    "  Paddock {mode} run {run} → {to}: {} in {} ms, downtime {:?} ms",
+                    info.phase, info.total_ms, info.downtime_ms
+                );
                 if info.phase != "completed" {
                     return Err(fail(format!(
                         "Paddock {mode}: {} {}",
@@ -325,6 +330,8 @@ impl Bench {
                     info.downtime_ms.unwrap_or(0),
                     started.elapsed(),
                 ));
+                // The next migration needs it running at its destination again.
+                self.wait_running("bm").await?;
             }
             // virsh: a plain copy of the same guest on h1, back and forth.
             let xml = self.plain_xml(self.index_of_running("bm").await?, "bm", "plain-m")?;
