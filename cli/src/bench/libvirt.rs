@@ -368,6 +368,14 @@ impl Bench {
                     args.push("--suspend".into());
                 }
                 args.extend(["plain-m".into(), dest]);
+                // libvirt's job-completed event on the source carries the final figures
+                // (after post-copy the destination keeps no completed job).
+                let events = Command::new("virsh")
+                    .args(["-c", &self.hosts.hosts[from].uri(), "event", "plain-m"])
+                    .args(["--event", "job-completed", "--timeout", "150"])
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let started = Instant::now();
                 let out = Command::new("timeout")
                     .arg("300")
@@ -375,6 +383,8 @@ impl Bench {
                     .args(&args)
                     .output()?;
                 let wall = started.elapsed();
+                let event =
+                    String::from_utf8_lossy(&events.wait_with_output()?.stdout).into_owned();
                 if !out.status.success() {
                     return Err(fail(format!(
                         "virsh migrate: {}",
@@ -384,19 +394,16 @@ impl Bench {
                 if mode == "precopy" {
                     self.virsh(to, &["resume", "plain-m"])?;
                 }
-                let info = self
-                    .virsh(to, &["domjobinfo", "--completed", "plain-m"])
-                    .unwrap_or_default();
                 let field = |name: &str| {
-                    info.lines()
-                        .find(|l| l.starts_with(name))
-                        .and_then(|l| l.split_whitespace().nth(2))
-                        .and_then(|n| n.parse::<u64>().ok())
+                    event
+                        .lines()
+                        .find_map(|l| l.trim().strip_prefix(name))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
                         .unwrap_or(0)
                 };
                 theirs.push((
-                    Duration::from_millis(field("Time elapsed:")),
-                    field("Total downtime:"),
+                    Duration::from_millis(field("time_elapsed:")),
+                    field("downtime:"),
                     wall,
                 ));
             }

@@ -462,6 +462,9 @@ impl Driver for Libvirt {
                 Some(_) => remove(&existing),
             }
         })?;
+        // A VM arriving here is not leaving from here: an earlier outgoing job of it (kept for
+        // its figures) must not answer for this migration's switch.
+        lock(&self.outgoing).remove(vm);
         lock(&self.incoming).insert(vm.to_string(), self.migration.peer_uri_for(listen_host));
         Ok(())
     }
@@ -552,8 +555,19 @@ impl Driver for Libvirt {
     }
 
     fn migration_switch(&self, vm: &str, committed: bool) -> Result<(), DriverError> {
-        if let Some(job) = self.outgoing_of(vm) {
-            return job.switch(committed);
+        // The destination's copy carries the incoming mark; only without one is this the
+        // source (a finished outgoing job of an earlier migration may still be kept here).
+        let arriving_here = self.with_conn(|conn| {
+            Ok(conn
+                .lookup_domain_by_name(vm)
+                .ok()
+                .and_then(|d| marks_of(&d))
+                .is_some_and(|m| m.incoming.is_some()))
+        })?;
+        if !arriving_here {
+            if let Some(job) = self.outgoing_of(vm) {
+                return job.switch(committed);
+            }
         }
         if !committed {
             // A destination whose switch was refused: the agent removes the copy.
