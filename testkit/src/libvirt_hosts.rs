@@ -489,6 +489,31 @@ impl LibvirtHosts {
         )
     }
 
+    /// `kvm` if the first host's KVM boots `guest` (within 20 s), else `qemu` (TCG): some KVMs
+    /// run only firmware guests, so "/dev/kvm exists" proves nothing.
+    pub fn probe_domain_type(&self, guest: &TestGuest) -> &'static str {
+        let kvm = Path::new("/dev/kvm").exists()
+            && self.hosts[0].boots(guest, "kvm", Duration::from_secs(20));
+        if kvm {
+            "kvm"
+        } else {
+            "qemu"
+        }
+    }
+
+    /// The flags every Paddock node on these hosts needs: the domain type, the shared storage
+    /// and how the libvirtds reach each other for migration.
+    pub fn node_args(&self, domain_type: &str) -> Vec<String> {
+        vec![
+            "--libvirt-domain-type".into(),
+            domain_type.into(),
+            "--shared-storage".into(),
+            self.shared.display().to_string(),
+            "--libvirt-migrate-uri".into(),
+            self.peer_uri_tls(),
+        ]
+    }
+
     /// The network namespace holding the bridge between the hosts.
     fn switch(&self) -> String {
         self.bridge.clone()
@@ -502,12 +527,8 @@ impl LibvirtHosts {
         self.bridge.trim_end_matches("sw")
     }
 
-    /// `qemu+tcp://{host}/system`: how one host's libvirtd reaches another's for migration.
-    pub fn peer_uri_tcp(&self) -> String {
-        "qemu+tcp://{host}/system".into()
-    }
-
-    /// `qemu+tls://{host}/system?pkipath=…`: the same over libvirt's TLS.
+    /// `qemu+tls://{host}/system?pkipath=…`: how one host's libvirtd reaches another's for
+    /// migration, over libvirt's TLS.
     pub fn peer_uri_tls(&self) -> String {
         format!("qemu+tls://{{host}}/system?pkipath={}", self.pki.display())
     }
@@ -769,6 +790,32 @@ impl TestGuest {
             run("sh", &["-c", &script])?;
         }
         Ok(guest)
+    }
+
+    /// A direct-boot VM of this guest rewriting `mib` MiB per round, preferring node `on`,
+    /// with `disks` (e.g. one 64 MiB disk) kept by `disk_policy` (`local` or `shared`).
+    pub fn spec(
+        &self,
+        mib: u32,
+        memory_mib: u64,
+        on: &str,
+        ha: bool,
+        disk_policy: &str,
+        disks: Vec<paddock_api::pb::Disk>,
+    ) -> paddock_api::pb::VmSpec {
+        paddock_api::pb::VmSpec {
+            cpus: 1,
+            memory_mib,
+            ha,
+            prefer: vec![on.into()],
+            kernel: self.kernel.display().to_string(),
+            initrd: self.initrd.display().to_string(),
+            cmdline: TestGuest::cmdline(mib),
+            env: [("role".to_string(), "test".to_string())].into(),
+            disk_policy: disk_policy.into(),
+            disks,
+            ..Default::default()
+        }
     }
 
     /// The kernel command line for a guest rewriting `mib` MiB per round. The Debian kernel

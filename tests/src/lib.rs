@@ -201,3 +201,36 @@ pub fn intervals(cluster: &LocalCluster, vm: &str) -> Vec<(String, u64, u64, u64
     runs.sort_by_key(|r| r.2);
     runs
 }
+
+/// Asks for one live migration; its id, or the refusal as an error.
+pub async fn start_migration(
+    client: &mut Client,
+    request: paddock_api::pb::MigrationCreateRequest,
+) -> anyhow::Result<u64> {
+    let answer = client.migration_create(request).await?;
+    answer
+        .created
+        .first()
+        .map(|c| c.id)
+        .ok_or_else(|| anyhow::anyhow!("refused: {:?}", answer.refused))
+}
+
+/// Waits up to `within` for migration `id` to end; its last record.
+pub async fn migration_ended(
+    client: &mut Client,
+    id: u64,
+    within: Duration,
+) -> anyhow::Result<paddock_api::pb::MigrationInfo> {
+    let started = std::time::Instant::now();
+    loop {
+        let last = client.migration_get(id).await?;
+        if last.ended_ms > 0 {
+            return Ok(last);
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "migration {id} did not end within {within:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

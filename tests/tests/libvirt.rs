@@ -16,7 +16,9 @@ use paddock_api::client::Client;
 use paddock_api::pb;
 use paddock_testkit::libvirt_hosts::{LibvirtHosts, QemuWatch, TestGuest};
 use paddock_testkit::local_cluster::LocalCluster;
-use paddock_tests::{cluster, fast_timings, serial, spec, vm_summary};
+use paddock_tests::{
+    cluster, fast_timings, migration_ended, serial, spec, start_migration, vm_summary,
+};
 
 /// Booting under TCG takes 10–15 s on a 2-core machine: waits here are longer than elsewhere.
 const LONG: Duration = Duration::from_secs(120);
@@ -55,14 +57,15 @@ fn guest() -> anyhow::Result<TestGuest> {
     TestGuest::build(&cache)
 }
 
-/// `kvm` if this machine's KVM boots the test guest, else `qemu` (TCG); probed once.
+/// `kvm` if this machine's KVM boots the test guest, else `qemu` (TCG); probed once per run.
 fn domain_type(hosts: &LibvirtHosts, guest: &TestGuest) -> &'static str {
     static TYPE: OnceLock<&'static str> = OnceLock::new();
     TYPE.get_or_init(|| {
-        let kvm = std::path::Path::new("/dev/kvm").exists()
-            && hosts.hosts[0].boots(guest, "kvm", Duration::from_secs(20));
-        let chosen = if kvm { "kvm" } else { "qemu" };
-        eprintln!("test guests run under {chosen} (KVM booted the test guest: {kvm})");
+        let chosen = hosts.probe_domain_type(guest);
+        eprintln!(
+            "test guests run under {chosen} (KVM booted the test guest: {})",
+            chosen == "kvm"
+        );
         chosen
     })
 }
@@ -79,14 +82,9 @@ async fn real(n: usize) -> anyhow::Result<Option<Real>> {
     let shared = hosts.shared.clone();
     let mut cluster_spec = spec(n);
     cluster_spec.extra_args = fast_timings();
+    cluster_spec.extra_args.extend(hosts.node_args(kind));
     cluster_spec.extra_args.extend(
         [
-            "--libvirt-domain-type",
-            kind,
-            "--shared-storage",
-            &shared.display().to_string(),
-            "--libvirt-migrate-uri",
-            &hosts.peer_uri_tls(),
             "--vm-network",
             "bridge:vmbr0",
             // The test guest is a bare /init: it ignores ACPI shutdown.
@@ -126,31 +124,16 @@ impl Real {
     }
 
     fn index(&self, node: &str) -> usize {
-        self.cluster
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .expect("a node of the cluster")
+        self.cluster.index_of(node).expect("a node of the cluster")
     }
 
-    /// A direct-boot test guest rewriting `mib` MiB per round.
+    /// A direct-boot test guest rewriting `mib` MiB per round, with one 64 MiB disk.
     fn spec(&self, mib: u32, memory_mib: u64, on: &str, ha: bool, policy: &str) -> pb::VmSpec {
-        pb::VmSpec {
-            cpus: 1,
-            memory_mib,
-            ha,
-            prefer: vec![on.into()],
-            kernel: self.guest.kernel.display().to_string(),
-            initrd: self.guest.initrd.display().to_string(),
-            cmdline: TestGuest::cmdline(mib),
-            env: [("role".to_string(), "test".to_string())].into(),
-            disk_policy: policy.into(),
-            disks: vec![pb::Disk {
-                size_mib: 64,
-                image: String::new(),
-            }],
-            ..Default::default()
-        }
+        let disk = pb::Disk {
+            size_mib: 64,
+            image: String::new(),
+        };
+        self.guest.spec(mib, memory_mib, on, ha, policy, vec![disk])
     }
 
     /// The serial console `node` keeps for `vm`.
@@ -257,12 +240,7 @@ async fn a_direct_boot_guest_runs_with_its_console_metadata_disk_and_nic() -> an
         "{xml}"
     );
     // A virtio NIC on the node's network, its MAC stable.
-    let mac = xml
-        .split("<mac address='")
-        .nth(1)
-        .and_then(|rest| rest.split('\'').next())
-        .expect("a NIC with a MAC")
-        .to_string();
+    let mac = mac_in(&xml).expect("a NIC with a MAC");
     assert!(mac.starts_with("52:54:00:"), "{mac}");
     assert!(xml.contains("<source bridge='vmbr0'/>"), "{xml}");
 
@@ -453,25 +431,8 @@ fn migrate(vm: &str, to: &str, mode: &str, bandwidth: u64) -> pb::MigrationCreat
     }
 }
 
-async fn start_migration(
-    client: &mut Client,
-    request: pb::MigrationCreateRequest,
-) -> anyhow::Result<u64> {
-    let answer = client.migration_create(request).await?;
-    answer
-        .created
-        .first()
-        .map(|c| c.id)
-        .ok_or_else(|| anyhow::anyhow!("refused: {:?}", answer.refused))
-}
-
 async fn ended(client: &mut Client, id: u64) -> anyhow::Result<pb::MigrationInfo> {
-    let mut last = pb::MigrationInfo::default();
-    wait_for!(LONG, format!("migration {id} ended"), {
-        last = client.migration_get(id).await?;
-        Ok(last.ended_ms > 0)
-    });
-    Ok(last)
+    migration_ended(client, id, LONG).await
 }
 
 fn mac_in(xml: &str) -> Option<String> {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use paddock_api::client::Client;
 use paddock_api::pb;
 use paddock_testkit::local_cluster::LocalCluster;
-use paddock_tests::{intervals, memvm_cluster, serial, until, vm_summary, WAIT};
+use paddock_tests::{
+    intervals, memvm_cluster, migration_ended, serial, start_migration, until, vm_summary, WAIT,
+};
 
 /// Guests rewrite whole pages (incompressible), so a bandwidth cap makes a transfer slow.
 async fn start() -> anyhow::Result<(tempfile::TempDir, LocalCluster)> {
@@ -47,21 +49,11 @@ fn migrate(vm: &str, to: Option<&str>, mode: &str, bandwidth: u64) -> pb::Migrat
 }
 
 async fn create(client: &mut Client, request: pb::MigrationCreateRequest) -> anyhow::Result<u64> {
-    let answer = client.migration_create(request).await?;
-    answer
-        .created
-        .first()
-        .map(|c| c.id)
-        .ok_or_else(|| anyhow::anyhow!("refused: {:?}", answer.refused))
+    start_migration(client, request).await
 }
 
 async fn ended(client: &mut Client, id: u64) -> anyhow::Result<pb::MigrationInfo> {
-    let mut last = pb::MigrationInfo::default();
-    until!(format!("migration {id} ended"), {
-        last = client.migration_get(id).await?;
-        Ok(last.ended_ms > 0)
-    });
-    Ok(last)
+    migration_ended(client, id, WAIT).await
 }
 
 /// No two intervals of `vm` overlap: it never ran on two nodes at once.

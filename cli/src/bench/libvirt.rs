@@ -81,23 +81,11 @@ impl Bench {
             .tempdir()?;
         let hosts = LibvirtHosts::up(&dir.path().join("hosts"), 3)?;
         let guest = TestGuest::build(&dir.path().join("guest"))?;
-        let kind = if std::path::Path::new("/dev/kvm").exists()
-            && hosts.hosts[0].boots(&guest, "kvm", Duration::from_secs(20))
-        {
-            "kvm"
-        } else {
-            "qemu"
-        };
-        let mut spec = LocalClusterSpec {
-            nodes: 3,
-            base_port: None,
-            extra_args: [
-                "--libvirt-domain-type",
-                kind,
-                "--shared-storage",
-                &hosts.shared.display().to_string(),
-                "--libvirt-migrate-uri",
-                &hosts.peer_uri_tls(),
+        let kind = hosts.probe_domain_type(&guest);
+        let mut extra_args = hosts.node_args(kind);
+        extra_args.extend(
+            // The test guest is a bare /init: it ignores ACPI shutdown.
+            [
                 "--libvirt-shutdown-timeout",
                 "2s",
                 "--cpus",
@@ -105,11 +93,14 @@ impl Bench {
                 "--memory",
                 "8GiB",
             ]
-            .map(String::from)
-            .to_vec(),
-            hosts: Vec::new(),
+            .map(String::from),
+        );
+        let spec = LocalClusterSpec {
+            nodes: 3,
+            base_port: None,
+            extra_args,
+            hosts: hosts.hosts.iter().map(|h| h.node_host(&[])).collect(),
         };
-        spec.hosts = hosts.hosts.iter().map(|h| h.node_host(&[])).collect();
         let mut cluster =
             LocalCluster::prepare(&dir.path().join("cluster"), &spec, find_paddockd()?)?;
         cluster.start_all()?;
@@ -133,26 +124,17 @@ impl Bench {
         Ok(self.cluster.client(Duration::from_secs(30))?)
     }
 
-    fn spec(&self, mib: u32, memory_mib: u64, on: &str, ha: bool, disks: bool) -> pb::VmSpec {
-        pb::VmSpec {
-            cpus: 1,
-            memory_mib,
-            ha,
-            prefer: vec![on.into()],
-            kernel: self.guest.kernel.display().to_string(),
-            initrd: self.guest.initrd.display().to_string(),
-            cmdline: TestGuest::cmdline(mib),
-            disk_policy: "shared".into(),
-            disks: if disks {
-                vec![pb::Disk {
-                    size_mib: 64,
-                    image: String::new(),
-                }]
-            } else {
-                Vec::new()
-            },
-            ..Default::default()
-        }
+    /// The test guest on shared storage, with one 64 MiB disk or none.
+    fn spec(&self, mib: u32, memory_mib: u64, on: &str, ha: bool, disk: bool) -> pb::VmSpec {
+        let disks = if disk {
+            vec![pb::Disk {
+                size_mib: 64,
+                image: String::new(),
+            }]
+        } else {
+            Vec::new()
+        };
+        self.guest.spec(mib, memory_mib, on, ha, "shared", disks)
     }
 
     async fn state_of(&self, vm: &str) -> Option<(String, String)> {
@@ -242,12 +224,7 @@ impl Bench {
                 .await?;
             let node = self.wait_running(&vm).await?;
             paddock.push(started.elapsed());
-            let host = self
-                .cluster
-                .nodes
-                .iter()
-                .position(|n| n.name == node)
-                .unwrap_or(1);
+            let host = self.cluster.index_of(&node).unwrap_or(1);
             let xml = self.plain_xml(host, &vm, &format!("plain-{run}"))?;
             self.delete(&vm).await?;
             let file = xml.display().to_string();
@@ -432,12 +409,7 @@ impl Bench {
 
     async fn index_of_running(&self, vm: &str) -> Result<usize, Failure> {
         let node = self.wait_running(vm).await?;
-        Ok(self
-            .cluster
-            .nodes
-            .iter()
-            .position(|n| n.name == node)
-            .unwrap_or(0))
+        Ok(self.cluster.index_of(&node).unwrap_or(0))
     }
 
     /// Brings host `i` back after a kill: its libvirtd, then its node.
@@ -519,12 +491,7 @@ impl Bench {
         let mut gaps = Vec::new();
         for kill in 0..kills {
             let from = self.wait_running("fence-1").await?;
-            let i = self
-                .cluster
-                .nodes
-                .iter()
-                .position(|n| n.name == from)
-                .unwrap_or(0);
+            let i = self.cluster.index_of(&from).unwrap_or(0);
             let mut watch = QemuWatch::default();
             watch.look(&self.hosts);
             self.cluster.kill_daemon(i);

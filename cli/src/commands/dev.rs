@@ -207,28 +207,12 @@ fn libvirt_hosts(
     }
     let hosts = LibvirtHosts::up(&dir.join("hosts"), nodes)?;
     let guest = TestGuest::build(&dir.join("guest"))?;
-    let kind = if std::path::Path::new("/dev/kvm").exists()
-        && hosts.hosts[0].boots(&guest, "kvm", Duration::from_secs(20))
-    {
-        "kvm"
-    } else {
-        "qemu"
-    };
+    let kind = hosts.probe_domain_type(&guest);
     println!(
         "VMs run as {kind} domains (KVM booted the test guest: {})",
         kind == "kvm"
     );
-    spec.extra_args.extend(
-        [
-            "--libvirt-domain-type",
-            kind,
-            "--shared-storage",
-            &hosts.shared.display().to_string(),
-            "--libvirt-migrate-uri",
-            &hosts.peer_uri_tls(),
-        ]
-        .map(String::from),
-    );
+    spec.extra_args.extend(hosts.node_args(kind));
     spec.hosts = hosts.hosts.iter().map(|h| h.node_host(&[])).collect();
     Ok((hosts, guest))
 }

@@ -62,12 +62,7 @@ fn destroy_paddock_domains(conn: &virt::connect::Connect) {
         return;
     };
     for domain in domains {
-        let ours = domain
-            .metadata(sys::VIR_DOMAIN_METADATA_DESCRIPTION as i32, None, 0)
-            .ok()
-            .and_then(|d| super::Marks::parse(&d))
-            .is_some();
-        if !ours {
+        if super::marks_of(&domain).is_none() {
             continue;
         }
         let name = domain.name().unwrap_or_default();

@@ -141,13 +141,19 @@ impl Libvirt {
         self.disks.local.join(vm).join("console.log")
     }
 
-    fn layout_xml(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<String, DriverError> {
-        let disks = self.disks.ensure(vm, spec)?;
+    /// `vm`'s console log path, its directory made (QEMU creates the file, not the directory).
+    fn console_ready(&self, vm: &str) -> Result<PathBuf, DriverError> {
         let console = self.console_path(vm);
         if let Some(dir) = console.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(&format!("cannot create {}", dir.display()), e))?;
         }
+        Ok(console)
+    }
+
+    fn layout_xml(&self, vm: &str, epoch: u64, spec: &VmSpec) -> Result<String, DriverError> {
+        let disks = self.disks.ensure(vm, spec)?;
+        let console = self.console_ready(vm)?;
         let layout = Layout {
             domain_type: self.domain_type,
             disks: &disks,
@@ -414,6 +420,7 @@ impl Driver for Libvirt {
         })?;
         lock(&self.outgoing).remove(vm);
         lock(&self.incoming).remove(vm);
+        lock(&self.stopping).remove(vm);
         Ok(())
     }
 
@@ -447,10 +454,7 @@ impl Driver for Libvirt {
         // VM files alike); make room for it, and the disk files libvirt copies local disks
         // into (overlays on the same image), and the console log's directory.
         self.disks.ensure(vm, spec)?;
-        if let Some(dir) = self.console_path(vm).parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(&format!("cannot create {}", dir.display()), e))?;
-        }
+        self.console_ready(vm)?;
         self.with_conn(|conn| {
             let Ok(existing) = conn.lookup_domain_by_name(vm) else {
                 return Ok(());
