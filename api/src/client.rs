@@ -175,6 +175,47 @@ impl Client {
 }
 
 /// Failures that say nothing about the request itself: another node, or later, may succeed.
+/// Bytes per message of an image transfer.
+pub const IMAGE_CHUNK: usize = 1 << 20;
+
+/// An import's messages: the name and size first, then the file in [`IMAGE_CHUNK`]s.
+fn image_chunks(
+    name: String,
+    size: u64,
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = pb::ImageChunk> {
+    use tokio::io::AsyncReadExt;
+    let first = pb::ImageChunk {
+        name,
+        size,
+        data: Vec::new(),
+    };
+    let rest = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut data = vec![0; IMAGE_CHUNK];
+        let mut filled = 0;
+        while filled < data.len() {
+            match file.read(&mut data[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                // The server sees a short upload and refuses it (size mismatch).
+                Err(_) => return None,
+            }
+        }
+        if filled == 0 {
+            return None;
+        }
+        data.truncate(filled);
+        let chunk = pb::ImageChunk {
+            name: String::new(),
+            size: 0,
+            data,
+        };
+        Some((chunk, Some(file)))
+    });
+    futures::StreamExt::chain(futures::stream::once(async move { first }), rest)
+}
+
 fn is_retryable(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -485,6 +526,124 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Uploads the file at `path` as image `name` to one node (the first that takes it; an
+    /// upload is not retried on another node once bytes went out, as the file may be large).
+    /// That node hashes and registers it; the others fetch it from there.
+    pub async fn image_import(
+        &mut self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<pb::ImageInfo, ClientError> {
+        let size = std::fs::metadata(path)
+            .map_err(|e| ClientError::Refused {
+                code: Code::InvalidArgument,
+                message: format!("cannot read {}: {e}", path.display()),
+            })?
+            .len();
+        let mut last = String::new();
+        for _ in 0..self.channels.len() {
+            let channel = self.channels[self.current].clone();
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| ClientError::Refused {
+                    code: Code::InvalidArgument,
+                    message: format!("cannot open {}: {e}", path.display()),
+                })?;
+            let chunks = image_chunks(name.to_string(), size, file);
+            match pb::images_client::ImagesClient::new(channel)
+                .import(chunks)
+                .await
+            {
+                Ok(answer) => return Ok(answer.into_inner()),
+                Err(status) if !is_retryable(&status) => {
+                    return Err(ClientError::Refused {
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    })
+                }
+                Err(status) => last = describe(&status),
+            }
+            self.current = (self.current + 1) % self.channels.len();
+        }
+        Err(ClientError::Unreachable {
+            waited: Duration::ZERO,
+            endpoints: self.endpoints.join(", "),
+            last,
+        })
+    }
+
+    pub async fn images(&mut self, stale: bool) -> Result<Vec<pb::ImageInfo>, ClientError> {
+        let request = pb::ImageListRequest { stale };
+        let reply = self
+            .call(|channel| async move {
+                pb::images_client::ImagesClient::new(channel)
+                    .list(request)
+                    .await
+            })
+            .await?;
+        Ok(reply.images)
+    }
+
+    pub async fn image_delete(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::ImageDeleteRequest {
+            name: name.to_string(),
+            request_id: Some(self.next_request_id().into()),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move {
+                pb::images_client::ImagesClient::new(channel)
+                    .delete(request)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Opens `name`'s interactive serial console through any node: bytes sent on the
+    /// returned sender are typed into it; the stream carries what the guest prints (its first
+    /// message names the VM's node). Not retried: a console is a live session.
+    pub async fn vm_console(
+        &mut self,
+        name: &str,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Sender<Vec<u8>>,
+            tonic::Streaming<pb::ConsoleOutput>,
+        ),
+        ClientError,
+    > {
+        let (typed, mut typed_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let first = pb::ConsoleInput {
+            name: name.to_string(),
+            forwarded: false,
+            data: Vec::new(),
+        };
+        let input = futures::StreamExt::chain(
+            futures::stream::once(async move { first }),
+            futures::stream::poll_fn(move |cx| {
+                typed_rx.poll_recv(cx).map(|data| {
+                    data.map(|data| pb::ConsoleInput {
+                        name: String::new(),
+                        forwarded: false,
+                        data,
+                    })
+                })
+            }),
+        );
+        let channel = self.channels[self.current].clone();
+        let output = VmsClient::new(channel)
+            .console(input)
+            .await
+            .map_err(|status| ClientError::Refused {
+                code: status.code(),
+                message: describe(&status),
+            })?
+            .into_inner();
+        Ok((typed, output))
     }
 
     /// A chunk of `name`'s serial console log from `offset` (or its last `max_bytes` with

@@ -54,6 +54,9 @@ enum Command {
     /// Virtual machines.
     #[command(subcommand)]
     Vm(paddock_cli::commands::vm::VmCommand),
+    /// Disk images: import once, every node keeps a verified copy.
+    #[command(subcommand)]
+    Image(paddock_cli::commands::image::ImageCommand),
     /// Live migrations: list, show, watch, cancel.
     #[command(subcommand)]
     Migration(paddock_cli::commands::migration::MigrationCommand),
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             Command::Node(c) => commands::node::run(c, &global).await,
             Command::Vm(c) => commands::vm::run(c, &global).await,
             Command::Migration(c) => commands::migration::run(c, &global).await,
+            Command::Image(c) => commands::image::run(c, &global).await,
             Command::Dev(c) => commands::dev::run(c).await,
             Command::Bench(c) => paddock_cli::bench::run(c).await,
         }

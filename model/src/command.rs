@@ -180,6 +180,31 @@ pub enum Command {
     NodeDrained {
         name: String,
     },
+    /// A node stored an imported image (its hash checked while it was written) and registers
+    /// it, or adds itself as a holder when the same bytes are registered already.
+    ImageRegister {
+        name: String,
+        format: String,
+        size_bytes: u64,
+        sha256: String,
+        node: String,
+    },
+    /// A node fetched a copy of an image from a peer and checked its hash.
+    ImageHeld {
+        node: String,
+        name: String,
+        sha256: String,
+    },
+    /// Removes an image no VM uses; every node deletes its copy.
+    ImageDelete {
+        name: String,
+    },
+    /// The guest IP addresses a node sees for its VMs: (vm, epoch, addresses). Reports for
+    /// another node's or an older epoch's assignment are ignored.
+    VmAddresses {
+        node: String,
+        reports: Vec<(String, u64, Vec<String>)>,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -392,6 +417,28 @@ impl Command {
             | Command::MigrationCancel { .. }
             | Command::NodeDrain { .. }
             | Command::NodeDrained { .. } => Ok(()),
+            Command::ImageRegister { .. }
+            | Command::ImageHeld { .. }
+            | Command::ImageDelete { .. } => crate::image::validate(self).map_err(invalid),
+            Command::VmAddresses { reports, .. } => {
+                if reports.len() > MAX_CREATE_MANY {
+                    return Err(invalid(format!(
+                        "at most {MAX_CREATE_MANY} address reports at once"
+                    )));
+                }
+                let too_many = reports.iter().any(|(_, _, ips)| {
+                    ips.len() > crate::vm::MAX_ADDRESSES
+                        || ips.iter().any(|ip| ip.len() > crate::vm::MAX_ADDRESS_LEN)
+                });
+                if too_many {
+                    return Err(invalid(format!(
+                        "at most {} addresses of {} characters per VM",
+                        crate::vm::MAX_ADDRESSES,
+                        crate::vm::MAX_ADDRESS_LEN
+                    )));
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -57,6 +57,7 @@ impl ClusterState {
                     });
                 }
                 self.check_not_deleting(name)?;
+                self.check_images(spec)?;
                 self.insert_vm(name, spec, *desired, at_ms);
                 Ok(Response::Done)
             }
@@ -71,6 +72,7 @@ impl ClusterState {
                         });
                     }
                     self.check_not_deleting(&vm.name)?;
+                    self.check_images(&vm.spec)?;
                 }
                 for vm in vms {
                     self.insert_vm(&vm.name, &vm.spec, vm.desired, at_ms);
@@ -136,6 +138,27 @@ impl ClusterState {
                 Ok(Response::Done)
             }
             Command::VmObserved { node, reports } => Ok(self.observe(node, reports, at_ms)),
+            Command::VmAddresses { node, reports } => {
+                let (mut taken, mut ignored) = (0, 0);
+                for (name, epoch, ips) in reports {
+                    match self.vms.get_mut(name) {
+                        Some(vm)
+                            if vm
+                                .assignment
+                                .as_ref()
+                                .is_some_and(|a| a.node == *node && a.epoch == *epoch) =>
+                        {
+                            vm.addresses = crate::vm::Addresses {
+                                epoch: *epoch,
+                                ips: ips.clone(),
+                            };
+                            taken += 1;
+                        }
+                        _ => ignored += 1,
+                    }
+                }
+                Ok(Response::Observed { taken, ignored })
+            }
             Command::SettingSet { key, value } => {
                 self.settings
                     .set(key, value)
@@ -297,6 +320,7 @@ impl ClusterState {
             created_ms: at_ms,
             crash_restarts: 0,
             avoid: None,
+            addresses: Default::default(),
         };
         vm.event(at_ms, format!("created, desired {}", desired.name()));
         self.vms.insert(name.to_string(), vm);
@@ -499,6 +523,57 @@ mod tests {
         assert_eq!(state.nodes["n1"].allocated, Resources::default());
         assert!(
             matches!(place(&mut state, "c", "n1"), Response::Placed { placed, .. } if placed.len() == 1)
+        );
+    }
+
+    #[test]
+    fn addresses_count_for_the_current_epoch_of_a_running_vm_only() {
+        let mut state = ClusterState::default();
+        register(&mut state, "n1", 4, 4096);
+        create(&mut state, "web", spec(1, 512, None));
+        let Response::Placed { placed, .. } = place(&mut state, "web", "n1") else {
+            panic!()
+        };
+        let epoch = placed[0].2;
+        let report = |node: &str, epoch: u64| Command::VmAddresses {
+            node: node.into(),
+            reports: vec![("web".into(), epoch, vec!["10.0.0.5/24".into()])],
+        };
+        // Another node, an older epoch: ignored.
+        for (node, e) in [("n2", epoch), ("n1", epoch - 1)] {
+            let outcome = run(&mut state, report(node, e)).expect("applied");
+            assert_eq!(
+                outcome,
+                Response::Observed {
+                    taken: 0,
+                    ignored: 1
+                }
+            );
+        }
+        run(&mut state, report("n1", epoch)).expect("applied");
+        // Known, but shown only while the VM runs.
+        assert!(state.vms["web"].current_addresses().is_empty());
+        run(
+            &mut state,
+            Command::VmObserved {
+                node: "n1".into(),
+                reports: vec![VmReport {
+                    vm: "web".into(),
+                    epoch,
+                    state: VmState::Running,
+                    reason: None,
+                }],
+            },
+        )
+        .expect("observed");
+        assert_eq!(state.vms["web"].current_addresses(), ["10.0.0.5/24"]);
+        let too_many = Command::VmAddresses {
+            node: "n1".into(),
+            reports: vec![("web".into(), epoch, vec!["x".into(); 17])],
+        };
+        assert_eq!(
+            run(&mut state, too_many).expect_err("refused").kind(),
+            crate::RejectionKind::Invalid
         );
     }
 

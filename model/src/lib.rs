@@ -16,6 +16,7 @@ pub mod codec;
 pub mod command;
 pub mod duration;
 pub mod ids;
+pub mod image;
 mod inventory;
 pub mod migration;
 pub mod node;

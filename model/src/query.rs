@@ -41,6 +41,8 @@ pub enum Query {
     MigrationGet {
         id: u64,
     },
+    /// Every registered image, in name order.
+    Images,
 }
 
 /// One line of `vm list`: what an operator scans for, nothing that grows.
@@ -54,6 +56,8 @@ pub struct VmSummary {
     pub cpus: u32,
     pub memory_mib: u64,
     pub ha: bool,
+    /// The running guest's IP addresses, when its node saw them.
+    pub addresses: Vec<String>,
 }
 
 impl From<&Vm> for VmSummary {
@@ -67,6 +71,7 @@ impl From<&Vm> for VmSummary {
             cpus: vm.spec.cpus,
             memory_mib: vm.spec.memory_mib,
             ha: vm.spec.ha,
+            addresses: vm.current_addresses().to_vec(),
         }
     }
 }
@@ -95,6 +100,7 @@ pub enum QueryResult {
     Settings(Vec<(String, String)>),
     Migrations(Vec<crate::migration::Migration>),
     Migration(Option<Box<crate::migration::Migration>>),
+    Images(Vec<(String, crate::image::Image)>),
 }
 
 impl ClusterState {
@@ -174,6 +180,12 @@ impl ClusterState {
             Query::MigrationGet { id } => {
                 QueryResult::Migration(self.migrations.get(id).cloned().map(Box::new))
             }
+            Query::Images => QueryResult::Images(
+                self.images
+                    .iter()
+                    .map(|(name, image)| (name.clone(), image.clone()))
+                    .collect(),
+            ),
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct ClusterState {
     pub migrations: BTreeMap<u64, crate::migration::Migration>,
     /// Last migration id handed out.
     pub migration_seq: u64,
+    /// Disk images by name (their bytes are in each holder's image store, not here).
+    pub images: BTreeMap<String, crate::image::Image>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +151,9 @@ impl ClusterState {
             | Command::MigrationCancel { .. }
             | Command::NodeDrain { .. }
             | Command::NodeDrained { .. } => self.apply_migration_command(command, at_ms),
+            Command::ImageRegister { .. }
+            | Command::ImageHeld { .. }
+            | Command::ImageDelete { .. } => self.apply_image_command(command, at_ms),
             _ => self.apply_inventory_command(command, at_ms),
         }
     }

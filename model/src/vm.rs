@@ -265,9 +265,33 @@ pub struct Vm {
     pub crash_restarts: u32,
     /// A node the scheduler should not use for this VM (it crashed there too often).
     pub avoid: Option<String>,
+    /// The guest's IP addresses as its node last saw them (libvirt: DHCP leases or the host's
+    /// ARP table), for the epoch they were seen at.
+    pub addresses: Addresses,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Addresses {
+    pub epoch: u64,
+    pub ips: Vec<String>,
+}
+
+/// Most addresses kept per VM, and the longest one.
+pub const MAX_ADDRESSES: usize = 16;
+pub const MAX_ADDRESS_LEN: usize = 64;
+
 impl Vm {
+    /// The addresses of the running guest: none unless they were seen at the current epoch
+    /// and the VM runs (a stopped or moved guest's old addresses mean nothing).
+    pub fn current_addresses(&self) -> &[String] {
+        match &self.assignment {
+            Some(a) if a.epoch == self.addresses.epoch && self.observed == VmState::Running => {
+                &self.addresses.ips
+            }
+            _ => &[],
+        }
+    }
+
     pub fn event(&mut self, at_ms: u64, message: String) {
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);

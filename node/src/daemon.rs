@@ -33,8 +33,8 @@ use crate::ops::Ops;
 use crate::progress_board::ProgressBoard;
 use crate::proposer::Proposer;
 use crate::service::{
-    ClusterService, KvService, MigrationsService, NodesService, RaftService, SettingsService,
-    VmsService,
+    ClusterService, ImagesService, KvService, MigrationsService, NodesService, RaftService,
+    SettingsService, VmsService,
 };
 
 /// Largest gRPC message accepted: Raft batches and snapshot chunks.
@@ -185,6 +185,18 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let settings_service =
         pb::settings_server::SettingsServer::new(SettingsService { ops: ops.clone() });
+    let images =
+        crate::images::ImageStore::open(&config.data_dir.join("images")).with_context(|| {
+            format!(
+                "cannot open the image store {}",
+                config.data_dir.join("images").display()
+            )
+        })?;
+    let images_service = pb::images_server::ImagesServer::new(ImagesService {
+        ops: ops.clone(),
+        node: config.name.clone(),
+        store: images.clone(),
+    });
     // Live progress of running migrations, kept by the leader.
     let board = Arc::new(ProgressBoard::default());
     let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
@@ -204,6 +216,7 @@ pub async fn run(
             .add_service(vms_service)
             .add_service(settings_service)
             .add_service(migrations_service)
+            .add_service(images_service)
             .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -256,6 +269,9 @@ pub async fn run(
         heard: heard.clone(),
         quorum_fresh_ms,
         watchdog: config.host.watchdog.clone(),
+        images: images.clone(),
+        addresses_seen: Default::default(),
+        start_failures: Default::default(),
     };
     if let Some(device) = &config.host.watchdog {
         // Fail at start if there is no device (opening it here would arm it).
@@ -272,6 +288,24 @@ pub async fn run(
             proposer: proposer.clone(),
             shared: shared.clone(),
             board: board.clone(),
+            images: images.clone(),
+            journal: crate::agent::journal::Journal::open(&config.data_dir.join("migrations"))
+                .with_context(|| {
+                    format!(
+                        "cannot open the migration job records in {}",
+                        config.data_dir.join("migrations").display()
+                    )
+                })?,
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::spawn(
+        crate::images::sync::Sync {
+            name: config.name.clone(),
+            store: images.clone(),
+            proposer: proposer.clone(),
+            shared: shared.clone(),
+            raft: raft.clone(),
         }
         .run(shutdown.clone()),
     );

@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod drivers;
 pub mod http;
 pub mod identity;
+pub mod images;
 pub mod liveness;
 pub mod membership;
 pub mod metrics;

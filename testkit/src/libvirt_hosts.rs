@@ -75,6 +75,9 @@ impl LibvirtHost {
     pub fn add_bridge(&self, name: &str) -> anyhow::Result<()> {
         let ns = self.netns.as_str();
         run("ip", &["-n", ns, "link", "add", name, "type", "bridge"])?;
+        // The guests' gateway: the host learns a guest's MAC and IP when it asks for it,
+        // which is where libvirt's ARP source finds the guest's address.
+        run("ip", &["-n", ns, "addr", "add", GUEST_GATEWAY, "dev", name])?;
         run("ip", &["-n", ns, "link", "set", name, "up"])
     }
 
@@ -654,6 +657,126 @@ impl QemuWatch {
     }
 }
 
+/// One run of a QEMU process, by VM name, as [`QemuRuns`] saw it (wall-clock ms). `start_ms` is
+/// the last look before it was first seen and `end_ms` the first look it was gone at, so the
+/// interval covers the whole life of the process (up to one poll more).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QemuRun {
+    pub host: usize,
+    pub pid: i32,
+    pub vm: String,
+    pub start_ms: u64,
+    pub end_ms: Option<u64>,
+}
+
+/// Every QEMU of every host, by VM name, polled from this machine with one scan of `/proc`
+/// per look (processes are told apart by their network namespace): the chaos harness's
+/// evidence for "no VM ran on two hosts at once" with real QEMU.
+#[derive(Debug)]
+pub struct QemuRuns {
+    /// Network namespace inode of each host.
+    namespaces: Vec<u64>,
+    pub runs: Vec<QemuRun>,
+    last_ms: u64,
+}
+
+impl QemuRuns {
+    pub fn new(hosts: &LibvirtHosts) -> QemuRuns {
+        use std::os::unix::fs::MetadataExt;
+        let namespaces = hosts
+            .hosts
+            .iter()
+            .map(|h| {
+                std::fs::metadata(format!("/run/netns/{}", h.netns))
+                    .map(|m| m.ino())
+                    .unwrap_or(0)
+            })
+            .collect();
+        QemuRuns {
+            namespaces,
+            runs: Vec::new(),
+            last_ms: wall_ms(),
+        }
+    }
+
+    /// One look at every QEMU process of the hosts.
+    pub fn look(&mut self) {
+        let now = wall_ms();
+        let mut alive: Vec<(usize, i32, String)> = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let is_qemu = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu-system"));
+            if !is_qemu {
+                continue;
+            }
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .and_then(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("net:[")?
+                        .strip_suffix(']')?
+                        .parse::<u64>()
+                        .ok()
+                });
+            let Some(host) = ns.and_then(|ns| self.namespaces.iter().position(|h| *h == ns)) else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            alive.push((host, pid, vm_of_cmdline(&cmdline)));
+        }
+        for (host, pid, vm) in &alive {
+            let known = self
+                .runs
+                .iter()
+                .any(|r| r.host == *host && r.pid == *pid && r.end_ms.is_none());
+            if !known {
+                self.runs.push(QemuRun {
+                    host: *host,
+                    pid: *pid,
+                    vm: vm.clone(),
+                    start_ms: self.last_ms,
+                    end_ms: None,
+                });
+            }
+        }
+        for run in self.runs.iter_mut().filter(|r| r.end_ms.is_none()) {
+            if !alive
+                .iter()
+                .any(|(h, p, _)| *h == run.host && *p == run.pid)
+            {
+                run.end_ms = Some(now);
+            }
+        }
+        self.last_ms = now;
+    }
+}
+
+/// The VM name of a QEMU command line (`-name guest=NAME,...`).
+fn vm_of_cmdline(cmdline: &[u8]) -> String {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .find(|w| w[0] == b"-name")
+        .map(|w| {
+            let value = String::from_utf8_lossy(w[1]);
+            let first = value.split(',').next().unwrap_or_default();
+            first.strip_prefix("guest=").unwrap_or(first).to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One CA, one server certificate valid for every host address (libvirtd and QEMU), one
 /// client certificate; laid out as libvirt (`pki/`, `?pkipath=`) and QEMU (`pki/qemu/`) want.
 fn make_certs(pki: &Path, addresses: &[String]) -> anyhow::Result<()> {
@@ -744,6 +867,9 @@ fn make_certs(pki: &Path, addresses: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The address a host's VM bridge has (the test guests' gateway).
+pub const GUEST_GATEWAY: &str = "10.77.0.1/24";
+
 /// The test guest: a Debian kernel and an initramfs whose `/init` is `testkit/guest/init.c`.
 #[derive(Debug, Clone)]
 pub struct TestGuest {
@@ -761,17 +887,33 @@ impl TestGuest {
             kernel: cache.join("vmlinuz"),
             initrd: cache.join("initramfs.gz"),
         };
-        if !guest.kernel.exists() {
+        let first_module = GUEST_MODULES[0].rsplit('/').next().unwrap_or_default();
+        let modules_fresh = cache
+            .join("modules")
+            .join(format!("10-{first_module}.ko"))
+            .is_file();
+        if !guest.kernel.exists() || !modules_fresh {
             fetch_kernel(cache)?;
         }
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/init.c");
-        let stale = match (std::fs::metadata(&guest.initrd), std::fs::metadata(&source)) {
-            (Ok(built), Ok(src)) => built.modified()? < src.modified()?,
+        // Rebuilt when /init or the modules changed after it was built.
+        let newest_input = [source.clone(), cache.join("modules")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .max();
+        let stale = match (std::fs::metadata(&guest.initrd), newest_input) {
+            (Ok(built), Some(input)) => built.modified()? < input,
             _ => true,
         };
         if stale {
             let root = cache.join("root");
             std::fs::create_dir_all(root.join("sys"))?;
+            let _ = std::fs::remove_dir_all(root.join("m"));
+            std::fs::create_dir_all(root.join("m"))?;
+            for module in std::fs::read_dir(cache.join("modules"))? {
+                let module = module?;
+                std::fs::copy(module.path(), root.join("m").join(module.file_name()))?;
+            }
             run(
                 "gcc",
                 &[
@@ -783,7 +925,7 @@ impl TestGuest {
                 ],
             )?;
             let script = format!(
-                "cd {} && printf 'init\\nsys\\n' | cpio -o -H newc 2>/dev/null | gzip -1 > {}",
+                "cd {} && {{ printf 'init\\nsys\\nm\\n'; ls m/*.ko; }} | cpio -o -H newc 2>/dev/null | gzip -1 > {}",
                 root.display(),
                 guest.initrd.display()
             );
@@ -826,6 +968,19 @@ impl TestGuest {
     }
 }
 
+/// The kernel modules the test guest loads for its virtio NIC (Debian builds them as modules),
+/// in load order.
+const GUEST_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+];
+
 fn fetch_kernel(cache: &Path) -> anyhow::Result<()> {
     let apt_dir =
         std::env::var("PADDOCK_APT_DIR").unwrap_or_else(|_| "/var/tmp/paddock-apt".into());
@@ -840,8 +995,24 @@ fn fetch_kernel(cache: &Path) -> anyhow::Result<()> {
         "set -e; cd {dir}; k=$(apt-cache {apt} depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{{print $2; exit}}'); \
          [ -n \"$k\" ] || {{ echo 'no linux-image package known to apt (run apt-get update or testkit/libvirt/install.sh)' >&2; exit 1; }}; \
          apt-get {apt} download -qq $k 2>/dev/null; dpkg-deb --fsys-tarfile ${{k}}_*.deb | tar -xO --wildcards './boot/vmlinuz-*' > vmlinuz.part; \
-         rm -f ${{k}}_*.deb; mv vmlinuz.part vmlinuz",
-        dir = cache.display()
+         rm -rf modules.part; mkdir modules.part; i=10; for m in {modules}; do \
+           dpkg-deb --fsys-tarfile ${{k}}_*.deb | tar -xO --wildcards \"./lib/modules/*/kernel/$m.ko\" > modules.part/$i-$(basename $m).ko; i=$((i+1)); done; \
+         rm -f ${{k}}_*.deb; rm -rf modules; mv modules.part modules; mv vmlinuz.part vmlinuz",
+        dir = cache.display(),
+        modules = GUEST_MODULES.join(" "),
     );
     run("sh", &["-c", &script]).context("cannot fetch the test guest's kernel")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vm_of_cmdline;
+
+    #[test]
+    fn the_vm_name_comes_from_qemus_command_line() {
+        let cmdline = b"/usr/bin/qemu-system-x86_64\0-name\0guest=web-1,debug-threads=on\0-S\0";
+        assert_eq!(vm_of_cmdline(cmdline), "web-1");
+        assert_eq!(vm_of_cmdline(b"qemu\0-name\0plain\0"), "plain");
+        assert_eq!(vm_of_cmdline(b"qemu\0-m\0128\0"), "");
+    }
 }

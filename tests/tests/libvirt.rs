@@ -49,7 +49,7 @@ struct Real {
     hosts: LibvirtHosts,
     guest: TestGuest,
     shared: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn guest() -> anyhow::Result<TestGuest> {
@@ -114,7 +114,7 @@ async fn real(n: usize) -> anyhow::Result<Option<Real>> {
         hosts,
         guest,
         shared,
-        _dir: dir,
+        dir,
     }))
 }
 
@@ -203,14 +203,19 @@ async fn a_direct_boot_guest_runs_with_its_console_metadata_disk_and_nic() -> an
         return Ok(());
     };
     let mut client = real.client()?;
-    create(
-        &mut client,
-        "web-1",
-        real.spec(16, 128, "n1", false, "local"),
-    )
-    .await?;
+    let mut spec = real.spec(16, 128, "n1", false, "local");
+    spec.cmdline.push_str(" ip4=10.77.0.11/24");
+    create(&mut client, "web-1", spec).await?;
     let node = real.verifying("web-1", 3).await?;
     assert_eq!(node, "n1");
+    // Its IP, as n1's ARP table has it from the guest's traffic on the bridge.
+    wait_for!(LONG, "web-1's IP reported", {
+        let summary = vm_summary(&mut client, "web-1").await?;
+        Ok(summary
+            .addresses
+            .iter()
+            .any(|a| a.starts_with("10.77.0.11")))
+    });
     let console = real.console("n1", "web-1");
     assert!(console.contains("GUEST env hostname=web-1"), "{console}");
     assert!(console.contains("GUEST env role=test"), "{console}");
@@ -230,6 +235,28 @@ async fn a_direct_boot_guest_runs_with_its_console_metadata_disk_and_nic() -> an
     assert!(more.next_offset >= chunk.next_offset);
     let tail = via_n2.vm_logs("web-1", 0, true, 64).await?;
     assert!(tail.data.len() <= 64 && tail.next_offset >= chunk.next_offset);
+    // `vm console` through n2 (it relays to n1): typed lines reach the guest, which answers.
+    let mut console = std::process::Command::new(paddock_tests::binaries().join("paddock"))
+        .args(["--endpoint", &real.cluster.nodes[1].address])
+        .arg("--certs-dir")
+        .arg(&real.cluster.certs.dir)
+        .args(["vm", "console", "web-1", "--for", "6s"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = console.stdin.take().expect("piped stdin");
+        stdin.write_all(b"hello paddock\r")?;
+    }
+    let answer = console.wait_with_output()?;
+    let printed = String::from_utf8_lossy(&answer.stdout);
+    assert!(
+        answer.status.success() && printed.contains("GUEST typed hello paddock"),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&answer.stderr)
+    );
     // Its own disk: a qcow2 file under the node's VM directory, attached as vda.
     let host = &real.hosts.hosts[0];
     let disk = host.paddock_dir().join("vms/web-1/disk0.qcow2");
@@ -545,8 +572,22 @@ async fn a_local_disk_moves_with_its_vm_and_drain_empties_a_host_of_five() -> an
         return Ok(());
     };
     let mut client = real.client()?;
+    // An image imported once reaches both hosts (the destination needs the base for the
+    // non-shared-incremental copy of the overlay).
+    let base = real.dir.path().join("base.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg("64M")
+        .status()?;
+    anyhow::ensure!(made.success(), "qemu-img create failed");
+    let image = client.image_import("base", &base).await?;
+    wait_for!(LONG, "both hosts hold the image", {
+        Ok(client.images(false).await?[0].holders.len() == 2)
+    });
     // Local disk: copied with the memory (non-shared-incremental).
     let mut spec = real.spec(16, 128, "n1", false, "local");
+    spec.disks[0].image = "base".into();
     // Quiet between rounds: five guests under TCG share two cores below.
     spec.cmdline.push_str(" ms=300");
     create(&mut client, "l-1", spec).await?;
@@ -555,10 +596,20 @@ async fn a_local_disk_moves_with_its_vm_and_drain_empties_a_host_of_five() -> an
     let info = ended(&mut client, id).await?;
     anyhow::ensure!(info.phase == "completed", "{info:?}");
     assert_eq!(real.verifying("l-1", 1).await?, "n2");
-    assert!(real.hosts.hosts[1]
+    // The moved overlay still stands on the image's verified copy on n2.
+    let overlay = real.hosts.hosts[1]
         .paddock_dir()
-        .join("vms/l-1/disk0.qcow2")
-        .exists());
+        .join("vms/l-1/disk0.qcow2");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&overlay)
+        .output()?;
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout)?;
+    let backing = info["backing-filename"].as_str().unwrap_or_default();
+    assert!(
+        backing.ends_with(&format!("images/sha256-{}", image.sha256)),
+        "{info}"
+    );
 
     // Drain n2 with five VMs on it (small, quiet guests: TCG on 2 cores).
     // One at a time: booting four kernels at once under TCG starves them all.
@@ -578,5 +629,54 @@ async fn a_local_disk_moves_with_its_vm_and_drain_empties_a_host_of_five() -> an
         assert_eq!(real.verifying(vm, 1).await?, "n1");
     }
     assert!(real.hosts.hosts[1].running_domains().is_empty());
+    Ok(())
+}
+
+/// The first round number the guest printed in `node`'s console of `vm`.
+fn first_round(real: &Real, node: &str, vm: &str) -> Option<u64> {
+    real.console(node, vm)
+        .lines()
+        .find_map(|l| l.strip_prefix("round ")?.split(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_paddockd_killed_mid_migration_takes_its_job_over_when_back() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    let Some(mut real) = real(3).await? else {
+        return Ok(());
+    };
+    // The source is a follower, so the cluster keeps its leader and majority meanwhile.
+    let leader = real.cluster.wait_for_leader(LONG).await?;
+    let (s, d) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (from, to) = (format!("n{}", s + 1), format!("n{}", d + 1));
+    let mut client = real.client()?;
+    // 1 MiB rewritten per second: pre-copy converges even at 8 MiB/s.
+    let mut spec = real.spec(1, 128, &from, false, "shared");
+    spec.cmdline.push_str(" ms=1000");
+    create(&mut client, "j-1", spec).await?;
+    assert_eq!(real.verifying("j-1", 2).await?, from);
+    // 8 MiB/s for 128 MiB of guest: libvirtd is still copying when paddockd dies.
+    let id = start_migration(&mut client, migrate("j-1", &to, "precopy", 8 << 20)).await?;
+    wait_for!(LONG, "the transfer under way", {
+        Ok(client.migration_get(id).await?.phase == "transferring")
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    real.cluster.kill_daemon(s);
+    real.cluster.start(s)?;
+    let info = ended(&mut client, id).await?;
+    anyhow::ensure!(info.phase == "completed", "{info:?}");
+    assert_eq!(real.verifying("j-1", 2).await?, to);
+    // Moved live, not restarted: the guest's rounds go on from where they were on the source.
+    let went_on = first_round(&real, &to, "j-1").unwrap_or(0);
+    assert!(
+        went_on > 2,
+        "the guest restarted on {to} (first round {went_on})"
+    );
+    let log = std::fs::read_to_string(&real.cluster.nodes[s].log_path)?;
+    assert!(
+        log.contains("taking over the migration"),
+        "no takeover in the log"
+    );
     Ok(())
 }

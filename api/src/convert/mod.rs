@@ -1,5 +1,6 @@
 //! Conversions between protobuf messages and model types, one file per type.
 
+mod image;
 mod kv;
 mod migration;
 mod node;
@@ -7,6 +8,7 @@ mod request_id;
 mod settings;
 mod vm;
 
+pub use image::image_info;
 pub use migration::migration_info;
 pub use node::node_info;
 

@@ -87,6 +87,7 @@ impl From<&VmSummary> for pb::VmSummary {
             memory_mib: vm.memory_mib,
             ha: vm.ha,
             epoch: vm.epoch,
+            addresses: vm.addresses.clone(),
         }
     }
 }

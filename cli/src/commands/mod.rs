@@ -3,7 +3,9 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod console;
 pub mod dev;
+pub mod image;
 pub mod kv;
 pub mod migration;
 pub mod node;

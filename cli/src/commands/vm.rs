@@ -34,6 +34,14 @@ pub enum VmCommand {
     Delete(Target),
     /// Live-migrate a running VM to another node (it keeps running).
     Migrate(super::migration::MigrateArgs),
+    /// The VM's interactive serial console (libvirt VMs), from any node; Ctrl-] leaves.
+    /// Without a terminal, standard input is typed in and output printed until --for ends.
+    Console {
+        name: String,
+        /// Without a terminal: how long to stay after standard input ended.
+        #[arg(long = "for", default_value = "2s", value_parser = parse_duration)]
+        stay: std::time::Duration,
+    },
     /// The VM's serial console log, kept by the node that runs it (libvirt VMs).
     Logs {
         name: String,
@@ -98,7 +106,8 @@ pub struct CreateArgs {
     /// Disk size, e.g. 20GiB; repeatable for several disks.
     #[arg(long = "disk", value_parser = parse_mib)]
     pub disks: Vec<u64>,
-    /// Image for the first disk (libvirt: a path).
+    /// Image for the first disk: a name from `paddock image list` (every node holds a verified
+    /// copy), or an absolute path present on every node. The disk is a qcow2 overlay on it.
     #[arg(long)]
     pub image: Option<String>,
     /// VM label KEY=VALUE; repeatable.
@@ -173,6 +182,9 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
     let mut client = global.client()?;
     match command {
         VmCommand::Migrate(_) => {}
+        VmCommand::Console { name, stay } => {
+            return super::console::run(&mut client, &name, stay).await;
+        }
         VmCommand::Logs { name, follow, tail } => {
             use std::io::Write;
             let mut chunk = client
@@ -281,12 +293,12 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                 }
                 Output::Table => {
                     println!(
-                        "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}",
+                        "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}  IP",
                         "NAME", "NODE", "STATE", "DESIRED", "CPUS", "MEM MiB", "HA", "EPOCH"
                     );
                     for vm in &vms {
                         println!(
-                            "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}",
+                            "{:<24} {:<12} {:<9} {:<9} {:>4} {:>8} {:<3} {:>6}  {}",
                             vm.name,
                             if vm.node.is_empty() { "-" } else { &vm.node },
                             vm.state,
@@ -294,7 +306,8 @@ pub async fn run(command: VmCommand, global: &Global) -> Result<(), Failure> {
                             vm.cpus,
                             vm.memory_mib,
                             if vm.ha { "yes" } else { "no" },
-                            vm.epoch
+                            vm.epoch,
+                            vm.addresses.first().map_or("-", String::as_str),
                         );
                     }
                 }
@@ -476,6 +489,7 @@ pub fn summary_json(vm: &VmSummary) -> serde_json::Value {
         "memory_mib": vm.memory_mib,
         "ha": vm.ha,
         "epoch": vm.epoch,
+        "addresses": vm.addresses,
     })
 }
 
@@ -535,6 +549,11 @@ fn print_detail(vm: &VmDetail) {
             format!("{} (epoch {})", s.node, s.epoch)
         }
     );
+    if !s.addresses.is_empty() {
+        println!("ip        {}", s.addresses.join(", "));
+    } else if s.state == "running" {
+        println!("ip        - (not seen yet: the node reports what libvirt's DHCP leases or its ARP table show)");
+    }
     println!("size      {} cpus, {} MiB", spec.cpus, spec.memory_mib);
     println!(
         "ha        {} (priority {})",

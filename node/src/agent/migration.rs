@@ -30,6 +30,8 @@ const TICK: Duration = Duration::from_millis(10);
 const FAST_TICK: Duration = Duration::from_millis(1);
 /// How often progress goes to the leader.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
+/// Job records of ended migrations are looked for at least this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// A step proposed without a definite answer is proposed again after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 
@@ -39,6 +41,10 @@ pub struct Worker {
     pub proposer: Arc<Proposer>,
     pub shared: SharedState,
     pub board: Arc<ProgressBoard>,
+    /// Where an incoming VM's image names resolve to local copies.
+    pub images: crate::images::ImageStore,
+    /// The outgoing migrations this node started, kept across restarts.
+    pub journal: super::journal::Journal,
 }
 
 /// What this worker did for one migration (only to avoid repeating itself too often).
@@ -71,6 +77,7 @@ impl Worker {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut local: HashMap<u64, Local> = HashMap::new();
         let mut tick = TICK;
+        let mut pruned_at = Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
@@ -92,7 +99,12 @@ impl Worker {
                 let host = state.members.get(&self.name).map(|m| host_of(&m.address));
                 (mine, host)
             };
+            let before = local.len();
             local.retain(|id, _| mine.iter().any(|m| m.id == *id));
+            if local.len() != before || pruned_at.elapsed() >= PRUNE_EVERY {
+                self.journal.prune(&self.shared.read().state);
+                pruned_at = Instant::now();
+            }
             for m in mine {
                 let entry = local.entry(m.id).or_default();
                 let result = if m.destination.as_deref() == Some(&self.name) {
@@ -144,13 +156,23 @@ impl Worker {
         match m.phase {
             Phase::Preparing => {
                 if !local.incoming_started {
-                    let spec = self
-                        .shared
-                        .read()
-                        .state
-                        .vms
-                        .get(&m.vm)
-                        .map(|vm| vm.spec.clone());
+                    let spec = {
+                        let shared = self.shared.read();
+                        let state = &shared.state;
+                        match state
+                            .vms
+                            .get(&m.vm)
+                            .map(|vm| self.images.resolve(state, &vm.spec))
+                        {
+                            Some(Ok(spec)) => Some(spec),
+                            Some(Err(waiting)) => {
+                                // The image sync fetches it; prepare on a later pass.
+                                tracing::info!(migration = m.id, vm = %m.vm, "{waiting}");
+                                None
+                            }
+                            None => None,
+                        }
+                    };
                     let (Some(spec), Some(host)) = (spec, host) else {
                         return Ok(());
                     };
@@ -211,6 +233,17 @@ impl Worker {
         match m.phase {
             Phase::Transferring => self.transfer(m, local).await,
             _ if switched => {
+                if !local.migrate_sent && self.journal.has(m.id) {
+                    // Restarted after the switch (post-copy may still be pulling pages):
+                    // take the job over so its end is seen and reported.
+                    if let Some(request) = self.request_for(m) {
+                        let vm = m.vm.clone();
+                        let _ = self
+                            .blocking(move |d| d.resume_outgoing(&vm, &request))
+                            .await;
+                    }
+                    local.migrate_sent = true;
+                }
                 if local.outcome_sent != Some(true) {
                     let vm = m.vm.clone();
                     // The guest may already be gone (pre-copy done): nothing to tell then.
@@ -250,41 +283,26 @@ impl Worker {
 
     async fn transfer(&self, m: &Migration, local: &mut Local) -> Result<(), DriverError> {
         if !local.migrate_sent {
-            let Some(to) = m.address.clone() else {
+            let Some(request) = self.request_for(m) else {
                 return Ok(());
             };
-            let request = {
-                let applied = self.shared.read();
-                let settings = &applied.state.settings;
-                // A node-wide limit is shared evenly by the node's outgoing migrations.
-                let outgoing = applied
-                    .state
-                    .migrations
-                    .values()
-                    .filter(|o| o.source == self.name && o.phase.active())
-                    .count()
-                    .max(1) as u64;
-                let node_share = settings.migration_node_bandwidth.map(|b| b / outgoing);
-                let bandwidth = match (m.options.bandwidth, node_share) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                MigrateRequest {
-                    migration: m.id,
-                    to,
-                    mode: m.options.mode,
-                    policy: settings.migration_policy,
-                    max_downtime_ms: m.options.max_downtime_ms,
-                    bandwidth,
-                    streams: settings.migration_streams as u16,
-                    target_epoch: m.target_epoch,
-                    copy_storage: applied.state.vms.get(&m.vm).is_some_and(|vm| {
-                        vm.spec.guest.disk_policy == DiskPolicy::Local && !vm.spec.disks.is_empty()
-                    }),
-                }
-            };
             let vm = m.vm.clone();
-            match self.blocking(move |d| d.migrate_out(&vm, &request)).await {
+            // Started by an earlier paddockd of this node: take it over, never start it again.
+            let resume = self.journal.has(m.id);
+            if !resume {
+                if let Err(e) = self.journal.started(m.id, &m.vm) {
+                    return Err(DriverError(format!(
+                        "cannot record the migration job in DATA/migrations: {e}"
+                    )));
+                }
+            }
+            let started = self
+                .blocking(move |d| match resume {
+                    true => d.resume_outgoing(&vm, &request),
+                    false => d.migrate_out(&vm, &request),
+                })
+                .await;
+            match started {
                 Ok(()) => {
                     local.migrate_sent = true;
                     tracing::info!(migration = m.id, vm = %m.vm, "transfer started");
@@ -359,6 +377,40 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// What the driver is asked to do for `m` (`None` until the destination listens).
+    fn request_for(&self, m: &Migration) -> Option<MigrateRequest> {
+        let to = m.address.clone()?;
+        let applied = self.shared.read();
+        let settings = &applied.state.settings;
+        // A node-wide limit is shared evenly by the node's outgoing migrations.
+        let outgoing = applied
+            .state
+            .migrations
+            .values()
+            .filter(|o| o.source == self.name && o.phase.active())
+            .count()
+            .max(1) as u64;
+        let node_share = settings.migration_node_bandwidth.map(|b| b / outgoing);
+        let bandwidth = match (m.options.bandwidth, node_share) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let request = MigrateRequest {
+            migration: m.id,
+            to,
+            mode: m.options.mode,
+            policy: settings.migration_policy,
+            max_downtime_ms: m.options.max_downtime_ms,
+            bandwidth,
+            streams: settings.migration_streams as u16,
+            target_epoch: m.target_epoch,
+            copy_storage: applied.state.vms.get(&m.vm).is_some_and(|vm| {
+                vm.spec.guest.disk_policy == DiskPolicy::Local && !vm.spec.disks.is_empty()
+            }),
+        };
+        Some(request)
     }
 
     /// Failed or cancelled before the switch: stop the transfer, make sure the guest runs on,

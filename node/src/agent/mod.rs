@@ -12,6 +12,7 @@
 //! VMs only while its lease is valid and its replica has applied the log index the lease came
 //! with, and destroys every VM shortly before its lease ends (fencing).
 
+pub mod journal;
 pub mod migration;
 pub mod reconcile;
 
@@ -31,6 +32,10 @@ use reconcile::{reconcile, Action, Cleanup, Replica, Reported, Standing, RESEND_
 
 /// Longest time between two passes when nothing changes.
 pub const PASS_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a start that keeps failing.
+const START_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often the addresses of a running VM are looked up.
+const ADDRESSES_EVERY: Duration = Duration::from_secs(5);
 /// Shortest time between the starts of two passes (bounds the work under a burst of changes;
 /// also the most a new assignment waits for the pass that starts it).
 const MIN_GAP: Duration = Duration::from_millis(50);
@@ -50,6 +55,12 @@ pub struct Agent {
     pub quorum_fresh_ms: u64,
     /// `--fencing watchdog`: the device fed only while the lease is valid.
     pub watchdog: Option<std::path::PathBuf>,
+    /// Where a disk's image name resolves to a verified local copy.
+    pub images: crate::images::ImageStore,
+    /// When each running VM's addresses were last looked up.
+    pub addresses_seen: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Starts that failed: VM → (epoch, failures in a row, next try).
+    pub start_failures: std::sync::Mutex<std::collections::HashMap<String, (u64, u32, Instant)>>,
 }
 
 impl Agent {
@@ -186,6 +197,10 @@ impl Agent {
         }
         self.register(registered).await?;
         let replica = Replica::of(&self.shared.read().state, &self.name);
+        self.start_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|vm, _| replica.assigned.contains_key(vm));
         let instances = self.blocking(|d| d.list()).await?;
         // Whatever happens below, the next pass is no longer the first.
         let first = std::mem::replace(first_pass, false);
@@ -223,6 +238,22 @@ impl Agent {
             match step.action {
                 Action::Observe => {}
                 Action::Start(spec) => {
+                    let resolved = {
+                        let shared = self.shared.read();
+                        self.images.resolve(&shared.state, &spec)
+                    };
+                    let spec = match resolved {
+                        Ok(spec) => spec,
+                        Err(waiting) => {
+                            // The image sync fetches it; its arrival wakes the next pass.
+                            observations.push((step.vm, step.epoch, observed, Some(waiting)));
+                            continue;
+                        }
+                    };
+                    if !self.start_due(&step.vm, step.epoch) {
+                        // Failed lately at this epoch: already reported, retried later.
+                        continue;
+                    }
                     tracing::info!(vm = %step.vm, epoch = step.epoch, "starting");
                     let epoch = step.epoch;
                     let vm = name.clone();
@@ -235,11 +266,16 @@ impl Agent {
                         })
                         .await;
                     match started {
-                        Ok(Some(InstanceState::Running)) => observed = VmState::Running,
-                        Ok(_) => {}
+                        Ok(state) => {
+                            self.start_failed(&step.vm, step.epoch, None);
+                            if state == Some(InstanceState::Running) {
+                                observed = VmState::Running;
+                            }
+                        }
                         Err(e) => {
-                            (observed, reason) =
-                                (VmState::Failed, Some(format!("cannot start: {e}")));
+                            let why = format!("cannot start: {e}");
+                            self.start_failed(&step.vm, step.epoch, Some(&why));
+                            (observed, reason) = (VmState::Failed, Some(why));
                         }
                     }
                 }
@@ -271,7 +307,100 @@ impl Agent {
             })
             .await?;
         }
+        self.report_addresses().await?;
         Ok(busy)
+    }
+
+    /// Whether a start of `vm` at `epoch` may be tried now (not within the back-off of its
+    /// last failure at that epoch).
+    fn start_due(&self, vm: &str, epoch: u64) -> bool {
+        let failures = self
+            .start_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        failures
+            .get(vm)
+            .is_none_or(|(e, _, next)| *e != epoch || Instant::now() >= *next)
+    }
+
+    /// Records a start's outcome: a failure doubles the wait before the next try (1 s up
+    /// to [`START_BACKOFF_MAX`]), a success forgets the failures.
+    fn start_failed(&self, vm: &str, epoch: u64, error: Option<&str>) {
+        let mut failures = self
+            .start_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(error) = error else {
+            failures.remove(vm);
+            return;
+        };
+        let count = match failures.get(vm) {
+            Some((e, count, _)) if *e == epoch => count + 1,
+            _ => 1,
+        };
+        let wait = Duration::from_secs(1u64 << (count - 1).min(6)).min(START_BACKOFF_MAX);
+        tracing::warn!(vm, epoch, attempt = count, retry_in = ?wait, error, "start failed");
+        failures.insert(vm.to_string(), (epoch, count, Instant::now() + wait));
+    }
+
+    /// Looks up the addresses of the VMs running here (each at most every
+    /// [`ADDRESSES_EVERY`]) and reports those that changed, in one command.
+    async fn report_addresses(&self) -> anyhow::Result<()> {
+        let running: Vec<(String, u64, Vec<String>)> = {
+            let shared = self.shared.read();
+            shared
+                .state
+                .vms
+                .values()
+                .filter(|vm| vm.observed == VmState::Running)
+                .filter_map(|vm| {
+                    let a = vm.assignment.as_ref().filter(|a| a.node == self.name)?;
+                    Some((vm.name.clone(), a.epoch, vm.current_addresses().to_vec()))
+                })
+                .collect()
+        };
+        let due: Vec<(String, u64, Vec<String>)> = {
+            let mut seen = self
+                .addresses_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            seen.retain(|vm, _| running.iter().any(|(r, _, _)| r == vm));
+            let now = Instant::now();
+            running
+                .into_iter()
+                .filter(|(vm, _, _)| {
+                    let due = seen.get(vm).is_none_or(|at| now - *at >= ADDRESSES_EVERY);
+                    if due {
+                        seen.insert(vm.clone(), now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        let changed = self
+            .blocking(move |d| {
+                let mut changed = Vec::new();
+                for (vm, epoch, known) in due {
+                    match d.addresses(&vm) {
+                        Ok(Some(ips)) if ips != known => changed.push((vm, epoch, ips)),
+                        // memvm: no network; libvirt: nothing new, or the domain went away.
+                        _ => {}
+                    }
+                }
+                Ok(changed)
+            })
+            .await?;
+        if !changed.is_empty() {
+            self.propose(Command::VmAddresses {
+                node: self.name.clone(),
+                reports: changed,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// No valid lease: destroy whatever still runs here (memvm guests have already halted

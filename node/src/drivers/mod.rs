@@ -88,6 +88,14 @@ pub struct IncomingReady {
 #[error("{0}")]
 pub struct DriverError(pub String);
 
+/// An open serial console: what the guest prints arrives on `output` (closed when the console
+/// ends); bytes sent on `input` are typed into it. Dropping both closes it.
+#[derive(Debug)]
+pub struct ConsoleSession {
+    pub output: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    pub input: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
 pub trait Driver: Send + Sync {
     /// `memvm` or `libvirt`, as registered in the inventory.
     fn name(&self) -> &'static str;
@@ -122,6 +130,20 @@ pub trait Driver: Send + Sync {
         let _ = vm;
         None
     }
+    /// The running guest's IP addresses; `None` when the driver cannot tell (memvm guests
+    /// have no network).
+    fn addresses(&self, vm: &str) -> Result<Option<Vec<String>>, DriverError> {
+        let _ = vm;
+        Ok(None)
+    }
+    /// `vm`'s interactive serial console (taken over from any other session).
+    fn console(&self, vm: &str) -> Result<ConsoleSession, DriverError> {
+        let _ = vm;
+        Err(DriverError(format!(
+            "the {} driver has no serial console (only libvirt VMs have one)",
+            self.name()
+        )))
+    }
 
     /// Starts `vm` as the destination of `migration`, for assignment `epoch` once switched,
     /// listening on `listen_host`.
@@ -145,6 +167,12 @@ pub trait Driver: Send + Sync {
     fn migrate_out(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
         let _ = (vm, request);
         Err(self.cannot_migrate())
+    }
+    /// Picks up an outgoing migration that an earlier paddockd of this node started (its job
+    /// record says so) instead of starting it again. A driver whose guests carry their own
+    /// migration state (memvm) just asks again: `migrate_out` is idempotent for them.
+    fn resume_outgoing(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
+        self.migrate_out(vm, request)
     }
     fn migration_status(&self, vm: &str) -> Result<MigrationStatus, DriverError> {
         let _ = vm;

@@ -37,6 +37,10 @@ pub enum Action {
     MigrationCancel,
     SettingsRead,
     SettingsWrite,
+    ImageRead,
+    /// Upload an image (its bytes go to the node called, then to every node).
+    ImageImport,
+    ImageDelete,
     /// Raft traffic, forwarded requests, heartbeats, agents' reports, leader decisions.
     Internal,
 }
@@ -72,6 +76,9 @@ impl Action {
         Action::MigrationCancel,
         Action::SettingsRead,
         Action::SettingsWrite,
+        Action::ImageRead,
+        Action::ImageImport,
+        Action::ImageDelete,
         Action::Internal,
     ];
 
@@ -83,7 +90,8 @@ impl Action {
             | Action::NodeRead
             | Action::VmRead
             | Action::MigrationRead
-            | Action::SettingsRead => Level::Read,
+            | Action::SettingsRead
+            | Action::ImageRead => Level::Read,
             Action::KvWrite
             | Action::NodeCordon
             | Action::NodeMaintenance
@@ -93,7 +101,9 @@ impl Action {
             | Action::VmDelete
             | Action::VmMigrate
             | Action::VmConsole
-            | Action::MigrationCancel => Level::Operate,
+            | Action::MigrationCancel
+            | Action::ImageImport
+            | Action::ImageDelete => Level::Operate,
             Action::MemberAdd | Action::MemberRemove | Action::SettingsWrite => Level::Administer,
             Action::Internal => Level::Member,
         }
@@ -121,6 +131,9 @@ impl Action {
             Action::MigrationCancel => "migration.cancel",
             Action::SettingsRead => "settings.read",
             Action::SettingsWrite => "settings.write",
+            Action::ImageRead => "image.read",
+            Action::ImageImport => "image.import",
+            Action::ImageDelete => "image.delete",
             Action::Internal => "internal",
         }
     }
@@ -140,6 +153,7 @@ impl Action {
             Command::MigrationCreate { .. } => Action::VmMigrate,
             Command::MigrationCancel { .. } => Action::MigrationCancel,
             Command::SettingSet { .. } => Action::SettingsWrite,
+            Command::ImageDelete { .. } => Action::ImageDelete,
             // What agents and the leader propose: never a person's.
             Command::NodeRegister { .. }
             | Command::VmPlace { .. }
@@ -154,7 +168,12 @@ impl Action {
             | Command::MigrationFinish { .. }
             | Command::MigrationFail { .. }
             | Command::MigrationRolledBack { .. }
-            | Command::NodeDrained { .. } => Action::Internal,
+            | Command::NodeDrained { .. }
+            // Registered by the node that received and hashed the bytes (the caller of
+            // `Images.Import` needs image.import), held by the node that fetched them.
+            | Command::ImageRegister { .. }
+            | Command::ImageHeld { .. }
+            | Command::VmAddresses { .. } => Action::Internal,
         }
     }
 
@@ -166,6 +185,7 @@ impl Action {
             Query::VmList { .. } | Query::VmGet { .. } => Action::VmRead,
             Query::Settings => Action::SettingsRead,
             Query::MigrationList { .. } | Query::MigrationGet { .. } => Action::MigrationRead,
+            Query::Images => Action::ImageRead,
         }
     }
 }
@@ -248,6 +268,9 @@ mod tests {
             (A::MigrationCancel, false, true, true, true),
             (A::SettingsRead, true, true, true, true),
             (A::SettingsWrite, false, false, true, true),
+            (A::ImageRead, true, true, true, true),
+            (A::ImageImport, false, true, true, true),
+            (A::ImageDelete, false, true, true, true),
             (A::Internal, false, false, false, true),
         ];
         assert_eq!(

@@ -4,6 +4,7 @@
 //! cluster logic lives here.
 
 mod cluster;
+mod images;
 mod kv;
 mod migrations;
 mod nodes;
@@ -12,6 +13,7 @@ mod settings;
 mod vms;
 
 pub use cluster::ClusterService;
+pub use images::ImagesService;
 pub use kv::KvService;
 pub use migrations::MigrationsService;
 pub use nodes::NodesService;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use paddock_api::pb::{self, vms_server};
 use paddock_model::{Query, QueryResult};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{authorized, caller, refused, reply, unexpected};
 use crate::drivers::Driver;
@@ -49,8 +49,167 @@ fn read_chunk(
     Ok((data, next))
 }
 
+impl VmsService {
+    /// The node `vm` is assigned to, and its address.
+    fn locate(&self, vm: &str) -> Result<(String, Option<String>), Status> {
+        let shared = self.ops.shared().read();
+        let state = &shared.state;
+        let found = state
+            .vms
+            .get(vm)
+            .ok_or_else(|| Status::not_found(format!("no VM named {vm}; see `paddock vm list`")))?;
+        let node = found
+            .assignment
+            .as_ref()
+            .map(|a| a.node.clone())
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "{vm} is not placed on any node, so no node keeps its console"
+                ))
+            })?;
+        let address = state.members.get(&node).map(|m| m.address.clone());
+        Ok((node, address))
+    }
+
+    /// The console of a VM of this node, pumped between the caller's stream and the driver.
+    async fn console_here(
+        &self,
+        first: pb::ConsoleInput,
+        mut input: Streaming<pb::ConsoleInput>,
+        out: tokio::sync::mpsc::Sender<Result<pb::ConsoleOutput, Status>>,
+    ) -> Result<(), Status> {
+        let driver = self.driver.clone();
+        let name = first.name.clone();
+        let session = tokio::task::spawn_blocking(move || driver.console(&name))
+            .await
+            .map_err(|e| Status::internal(format!("opening the console: {e}")))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let crate::drivers::ConsoleSession {
+            mut output,
+            input: typed,
+        } = session;
+        let _ = out
+            .send(Ok(pb::ConsoleOutput {
+                node: self.node.clone(),
+                data: Vec::new(),
+            }))
+            .await;
+        let closed = out.clone();
+        tokio::spawn(async move {
+            if !first.data.is_empty() {
+                let _ = typed.send(first.data).await;
+            }
+            while let Ok(Some(next)) = input.message().await {
+                if typed.send(next.data).await.is_err() {
+                    return;
+                }
+            }
+            // The caller stopped typing but may still read: keep the console until it goes.
+            closed.closed().await;
+            drop(typed);
+        });
+        tokio::spawn(async move {
+            while let Some(data) = output.recv().await {
+                let message = pb::ConsoleOutput {
+                    node: String::new(),
+                    data,
+                };
+                if out.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The console of a VM of another node: one stream to that node, relayed both ways.
+    async fn console_there(
+        &self,
+        address: &str,
+        first: pb::ConsoleInput,
+        mut input: Streaming<pb::ConsoleInput>,
+        out: tokio::sync::mpsc::Sender<Result<pb::ConsoleOutput, Status>>,
+    ) -> Result<(), Status> {
+        let channel = self
+            .ops
+            .proposer()
+            .channel(address)
+            .map_err(|e| Status::unavailable(format!("cannot reach the VM's node: {e}")))?;
+        let (up, up_rx) = tokio::sync::mpsc::channel(64);
+        let _ = up
+            .send(pb::ConsoleInput {
+                forwarded: true,
+                ..first
+            })
+            .await;
+        let mut remote = pb::vms_client::VmsClient::new(channel)
+            .console(tokio_stream::wrappers::ReceiverStream::new(up_rx))
+            .await?
+            .into_inner();
+        tokio::spawn(async move {
+            while let Ok(Some(next)) = input.message().await {
+                if up.send(next).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let next = match remote.message().await {
+                    Ok(Some(message)) => Ok(message),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = next.is_err();
+                if out.send(next).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+type ConsoleStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ConsoleOutput, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl vms_server::Vms for VmsService {
+    type ConsoleStream = ConsoleStream;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<pb::ConsoleInput>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        authorized(&request, Action::VmConsole)?;
+        let mut input = request.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("a console starts with the VM's name"))?;
+        let (node, address) = self.locate(&first.name)?;
+        let (out, out_rx) = tokio::sync::mpsc::channel(64);
+        if node == self.node {
+            self.console_here(first, input, out).await?;
+        } else if first.forwarded {
+            return Err(Status::unavailable(format!(
+                "{} runs on {node} by this node's replica, not here; retry",
+                first.name
+            )));
+        } else {
+            let address = address.ok_or_else(|| {
+                Status::unavailable(format!(
+                    "{node}, which runs {}, is not a member",
+                    first.name
+                ))
+            })?;
+            self.console_there(&address, first, input, out).await?;
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+
     async fn logs(
         &self,
         request: Request<pb::VmLogsRequest>,
@@ -61,25 +220,7 @@ impl vms_server::Vms for VmsService {
             0 => 64 << 10,
             n => n.min(MAX_LOG_CHUNK),
         };
-        let (node, address) = {
-            let shared = self.ops.shared().read();
-            let state = &shared.state;
-            let vm = state.vms.get(&r.name).ok_or_else(|| {
-                Status::not_found(format!("no VM named {}; see `paddock vm list`", r.name))
-            })?;
-            let node = vm
-                .assignment
-                .as_ref()
-                .map(|a| a.node.clone())
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "{} is not placed on any node, so no node keeps its console",
-                        r.name
-                    ))
-                })?;
-            let address = state.members.get(&node).map(|m| m.address.clone());
-            (node, address)
-        };
+        let (node, address) = self.locate(&r.name)?;
         if node == self.node {
             let path = self.driver.console_log(&r.name).ok_or_else(|| {
                 Status::failed_precondition(format!(

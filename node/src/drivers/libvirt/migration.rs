@@ -209,6 +209,8 @@ pub trait Job: Send + Sync {
     fn set_max_downtime(&self, ms: u64) -> Result<(), DriverError>;
     fn abort(&self) -> Result<(), DriverError>;
     fn start_post_copy(&self) -> Result<(), DriverError>;
+    /// libvirt moved the domain away (shut off, reason `migrated`).
+    fn migrated(&self) -> bool;
 }
 
 impl Job for Domain {
@@ -233,6 +235,20 @@ impl Job for Domain {
 
     fn start_post_copy(&self) -> Result<(), DriverError> {
         start_post_copy(self)
+    }
+
+    fn migrated(&self) -> bool {
+        use virt::domain::{DomainShutoffReason, DomainState, DomainStateReason};
+        use virt::enumutil::Enum;
+        matches!(
+            self.state(),
+            Ok((
+                Enum::Known(DomainState::Shutoff),
+                Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                    DomainShutoffReason::Migrated
+                )))
+            ))
+        )
     }
 }
 
@@ -295,6 +311,9 @@ pub struct Outgoing {
     max_downtime_ms: u64,
     started: Instant,
     timeout: Duration,
+    /// Taken over from an earlier paddockd (its job record says it started this migration):
+    /// no call of ours is blocked in libvirt, so the monitor sees the job end by itself.
+    adopted: bool,
     state: Mutex<State>,
 }
 
@@ -361,6 +380,39 @@ impl Outgoing {
         Ok(outgoing)
     }
 
+    /// Takes over a migration an earlier paddockd of this node started (and that libvirtd
+    /// carried on without it, or finished meanwhile): only the monitor runs. Its first look
+    /// settles a job that is already over: moved away → ready for the switch (the paused
+    /// destination holds everything), still here → rolled back.
+    pub fn adopt(
+        vm: &str,
+        migration: u64,
+        domain: Domain,
+        postcopy: PostcopyWhen,
+        max_downtime_ms: u64,
+        timeout: Duration,
+    ) -> Result<Arc<Outgoing>, DriverError> {
+        let mut outgoing = Outgoing::new(
+            migration,
+            Box::new(domain),
+            postcopy,
+            max_downtime_ms,
+            timeout,
+        );
+        outgoing.adopted = true;
+        let outgoing = Arc::new(outgoing);
+        let monitor = outgoing.clone();
+        std::thread::Builder::new()
+            .name(format!("migrate-watch-{vm}"))
+            .spawn(move || {
+                while monitor.poll(Instant::now()) {
+                    std::thread::sleep(POLL);
+                }
+            })
+            .map_err(|e| DriverError(format!("cannot start the migration monitor: {e}")))?;
+        Ok(outgoing)
+    }
+
     fn new(
         migration: u64,
         domain: Box<dyn Job>,
@@ -375,6 +427,7 @@ impl Outgoing {
             max_downtime_ms,
             started: Instant::now(),
             timeout,
+            adopted: false,
             state: Mutex::new(State {
                 progress: Progress {
                     phase: "precopy".into(),
@@ -416,6 +469,20 @@ impl Outgoing {
                 tracing::warn!(error = %e, "cannot abort a migration past its time limit");
             }
             return true;
+        }
+        let ended = stats.as_ref().map_or(self.adopted, |s| {
+            s.r#type == sys::VIR_DOMAIN_JOB_NONE as i32
+        });
+        if ended && self.adopted {
+            // Nobody's call returns for an adopted job: its end is seen here.
+            drop(state);
+            let result = if self.domain.migrated() {
+                Ok(())
+            } else {
+                Err(ADOPTED_FAILED.to_string())
+            };
+            self.returned(result);
+            return false;
         }
         let Ok(stats) = stats else {
             return true;
@@ -574,6 +641,9 @@ impl Outgoing {
     }
 }
 
+const ADOPTED_FAILED: &str = "the migration ended while paddockd restarted, without moving \
+the VM: the VM runs on at the source";
+
 const LOST: &str = "libvirt finished the migration before its switch was refused: the source \
 QEMU is gone and the paused destination copy is discarded, so the VM starts again from its disks \
 (its memory is lost)";
@@ -705,6 +775,7 @@ mod tests {
         now: Mutex<JobStats>,
         completed: Mutex<Option<JobStats>>,
         calls: Mutex<Vec<&'static str>>,
+        migrated: Mutex<bool>,
     }
 
     struct Scripted(Arc<Script>);
@@ -729,6 +800,9 @@ mod tests {
         fn start_post_copy(&self) -> Result<(), DriverError> {
             self.0.calls.lock().expect("lock").push("start-post-copy");
             Ok(())
+        }
+        fn migrated(&self) -> bool {
+            *self.0.migrated.lock().expect("lock")
         }
     }
 
@@ -758,6 +832,50 @@ mod tests {
 
     fn calls(script: &Script) -> Vec<&'static str> {
         script.calls.lock().expect("lock").clone()
+    }
+
+    fn adopted(script: &Arc<Script>) -> Outgoing {
+        let mut outgoing = Outgoing::new(
+            9,
+            Box::new(Scripted(script.clone())),
+            PostcopyWhen::Never,
+            300,
+            Duration::from_secs(600),
+        );
+        outgoing.adopted = true;
+        outgoing
+    }
+
+    #[test]
+    fn an_adopted_job_that_moved_the_vm_waits_for_the_switch() {
+        let script = Arc::new(Script::default());
+        let outgoing = adopted(&script);
+        // Still under way in libvirtd: watched like our own.
+        assert!(tick(&outgoing, &script, 3, 1 << 20));
+        assert!(!outgoing.progress().ready);
+        // It ends with the domain moved away: the paused destination holds everything.
+        *script.now.lock().expect("lock") = JobStats::default();
+        *script.migrated.lock().expect("lock") = true;
+        assert!(!outgoing.poll(Instant::now()), "the monitor stops");
+        let p = outgoing.progress();
+        assert!(p.ready && !p.done && p.error.is_none(), "{p:?}");
+        outgoing.switch(true).expect("switch");
+        assert!(outgoing.progress().done && outgoing.settled());
+    }
+
+    #[test]
+    fn an_adopted_job_that_ended_without_moving_the_vm_rolls_back() {
+        let script = Arc::new(Script::default());
+        let outgoing = adopted(&script);
+        *script.now.lock().expect("lock") = JobStats::default();
+        assert!(!outgoing.poll(Instant::now()));
+        let p = outgoing.progress();
+        assert!(p.done && !p.ready, "{p:?}");
+        assert_eq!(p.phase, "rolled-back");
+        assert!(p
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("runs on at the source")));
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! ends; QEMU's image locking keeps a second QEMU off a disk still open elsewhere.
 //! Live migration: see [`migration`].
 
+mod addresses;
+mod console;
 pub mod disks;
 pub mod domain;
 mod events;
@@ -442,6 +444,19 @@ impl Driver for Libvirt {
         Some(self.console_path(vm))
     }
 
+    fn console(&self, vm: &str) -> Result<crate::drivers::ConsoleSession, DriverError> {
+        console::open(&self.uri, vm)
+    }
+
+    fn addresses(&self, vm: &str) -> Result<Option<Vec<String>>, DriverError> {
+        self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+            addresses::of(&domain).map(Some)
+        })
+    }
+
     fn prepare_incoming(
         &self,
         vm: &str,
@@ -526,6 +541,42 @@ impl Driver for Libvirt {
             domain,
             request.to.clone(),
             plan,
+            request.max_downtime_ms,
+            self.migration.timeout,
+        )?;
+        lock(&self.outgoing).insert(vm.to_string(), job);
+        Ok(())
+    }
+
+    fn resume_outgoing(&self, vm: &str, request: &MigrateRequest) -> Result<(), DriverError> {
+        if self
+            .outgoing_of(vm)
+            .is_some_and(|job| job.migration == request.migration)
+        {
+            return Ok(());
+        }
+        let domain = self.with_conn(|conn| {
+            let domain = conn
+                .lookup_domain_by_name(vm)
+                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
+            if marks.incoming.is_some() {
+                return Err(DriverError(format!("{vm} is itself still arriving here")));
+            }
+            Ok(domain)
+        })?;
+        // Only when to go post-copy matters here: libvirtd already has the rest.
+        let plan = migration::plan(request, &self.migration, String::new())?;
+        tracing::info!(
+            vm,
+            migration = request.migration,
+            "taking over the migration an earlier paddockd started"
+        );
+        let job = Outgoing::adopt(
+            vm,
+            request.migration,
+            domain,
+            plan.postcopy,
             request.max_downtime_ms,
             self.migration.timeout,
         )?;
