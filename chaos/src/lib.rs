@@ -7,11 +7,13 @@
 //! workload, the history format ([`history`]) and the checkers ([`check`]: linearizability,
 //! lost acknowledged writes, convergence, availability), restart-all and lossy (reset)
 //! links, membership changes under load (remove a node, wipe it, join it again), and the VM
-//! workload ([`workloads::vm`]) with its convergence checker ([`check::vms`]).
+//! workload ([`workloads::vm`]) with its convergence checker ([`check::vms`]); with
+//! `--backend libvirt` ([`libvirt`]) the host faults run against real QEMU hosts.
 
 pub mod check;
 pub mod faults;
 pub mod history;
+pub mod libvirt;
 mod recorder;
 pub mod run;
 pub mod soak;

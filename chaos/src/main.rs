@@ -45,6 +45,14 @@ enum Command {
         /// Concurrent clients [default: 2 per node].
         #[arg(long)]
         clients: Option<usize>,
+        /// memvm (the embedded driver, local processes) or libvirt (real QEMU hosts in network
+        /// namespaces; needs root and testkit/libvirt/install.sh; faults kill, host-pause,
+        /// host-isolate, host-down).
+        #[arg(long, default_value = "memvm")]
+        backend: String,
+        /// libvirt backend: HA VMs of the test guest (1–4).
+        #[arg(long, default_value_t = 2)]
+        vms: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -108,8 +116,14 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             faults,
             workload,
             clients,
+            backend,
+            vms,
             out,
         } => {
+            anyhow::ensure!(
+                matches!(backend.as_str(), "memvm" | "libvirt"),
+                "unknown backend {backend:?}: use memvm or libvirt"
+            );
             for w in &workload {
                 anyhow::ensure!(
                     matches!(w.as_str(), "kv" | "vm"),
@@ -132,7 +146,15 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
                 vm_clients: if has("vm") { 2 } else { 0 },
                 out: out.clone(),
             };
-            let windows = run(&config).await?;
+            let windows = if backend == "libvirt" {
+                anyhow::ensure!(
+                    !has("vm"),
+                    "--backend libvirt runs its own HA VMs (--vms N); use --workload kv"
+                );
+                paddock_chaos::libvirt::run(&config, vms).await?
+            } else {
+                run(&config).await?
+            };
             let report = check_dir(&out, &windows)?;
             finish(&out, &report)
         }

@@ -168,7 +168,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Vec<(u64, u64)>> {
 }
 
 /// Polls every node until they report the same applied index and state digest (or 30 s).
-async fn settled_states(cluster: &LocalCluster) -> Vec<NodeFinal> {
+pub(crate) async fn settled_states(cluster: &LocalCluster) -> Vec<NodeFinal> {
     let started = Instant::now();
     loop {
         let mut nodes = Vec::new();

@@ -1013,6 +1013,6 @@ mod tests {
         let cmdline = b"/usr/bin/qemu-system-x86_64\0-name\0guest=web-1,debug-threads=on\0-S\0";
         assert_eq!(vm_of_cmdline(cmdline), "web-1");
         assert_eq!(vm_of_cmdline(b"qemu\0-name\0plain\0"), "plain");
-        assert_eq!(vm_of_cmdline(b"qemu\0-m\0128\0"), "");
+        assert_eq!(vm_of_cmdline(b"qemu\0-m\x00128\0"), "");
     }
 }

@@ -330,6 +330,15 @@ impl LocalCluster {
         }
     }
 
+    /// Sends `signal` to node `i`'s paddockd alone (not its process group).
+    pub fn signal_daemon(&self, i: usize, signal: rustix::process::Signal) {
+        if let Some(child) = &self.nodes[i].child {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+
     /// Sends `signal` to node `i`'s whole process group (paddockd and its VMs).
     pub fn signal_host(&self, i: usize, signal: rustix::process::Signal) {
         if let Some(child) = &self.nodes[i].child {

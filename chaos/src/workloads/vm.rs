@@ -195,6 +195,21 @@ pub struct MigrationEnd {
 /// Waits (up to `wait`) until every VM's observed state matches its desired state, then
 /// records the cluster's VMs and every host's guests.
 pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyhow::Result<()> {
+    collect_with(cluster, out, wait, &|| host_guests(cluster), &|| {
+        run_intervals(cluster)
+    })
+    .await
+}
+
+/// [`collect`] with the guests alive now and the run intervals from elsewhere (the libvirt
+/// backend's QEMU watch).
+pub async fn collect_with(
+    cluster: &LocalCluster,
+    out: &Path,
+    wait: Duration,
+    guests: &(dyn Fn() -> Vec<HostGuest> + Sync),
+    runs: &(dyn Fn() -> Vec<RunInterval> + Sync),
+) -> anyhow::Result<()> {
     let mut client = cluster.client(Duration::from_secs(30))?;
     let started = Instant::now();
     let mut settled_after_ms = None;
@@ -202,7 +217,7 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
     loop {
         vms = client.vm_list(false).await?;
         let migrating = !client.migration_list(false).await?.is_empty();
-        if !migrating && vms.iter().all(settled) && hosts_match(cluster, &vms) {
+        if !migrating && vms.iter().all(settled) && hosts_match(&guests(), &vms) {
             settled_after_ms = Some(started.elapsed().as_millis() as u64);
             break;
         }
@@ -247,8 +262,8 @@ pub async fn collect(cluster: &LocalCluster, out: &Path, wait: Duration) -> anyh
         .collect();
     let report = VmsFinal {
         cluster: cluster_vms,
-        hosts: host_guests(cluster),
-        runs: run_intervals(cluster),
+        hosts: guests(),
+        runs: runs(),
         settled_after_ms,
         migrations,
     };
@@ -269,8 +284,7 @@ fn settled(vm: &pb::VmSummary) -> bool {
     }
 }
 
-fn hosts_match(cluster: &LocalCluster, vms: &[pb::VmSummary]) -> bool {
-    let guests = host_guests(cluster);
+fn hosts_match(guests: &[HostGuest], vms: &[pb::VmSummary]) -> bool {
     crate::check::vms::host_problems(
         &vms.iter()
             .map(|v| ClusterVm {
@@ -284,7 +298,7 @@ fn hosts_match(cluster: &LocalCluster, vms: &[pb::VmSummary]) -> bool {
                 reason: String::new(),
             })
             .collect::<Vec<_>>(),
-        &guests,
+        guests,
     )
     .is_empty()
 }
