@@ -25,6 +25,8 @@ use crate::proposer::Proposer;
 pub const KEEP_UNNAMED: Duration = Duration::from_secs(10 * 60);
 /// A failed fetch of an image is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A fetch whose holder sends nothing for this long is given up (and tried again later).
+const STALL_AFTER: Duration = Duration::from_secs(30);
 /// Passes run on applied changes and at least this often.
 const PASS_EVERY: Duration = Duration::from_secs(2);
 
@@ -239,7 +241,14 @@ impl Sync {
             .await?
             .into_inner();
         let mut writer = self.store.writer()?;
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            // A holder that stops sending must not hold up every other image.
+            let next = tokio::time::timeout(STALL_AFTER, stream.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("the holder sent nothing for {STALL_AFTER:?}"))??;
+            let Some(chunk) = next else {
+                break;
+            };
             tokio::task::block_in_place(|| writer.write(&chunk.data))?;
             if writer.written() > size {
                 anyhow::bail!("the holder sent more than the image's {size} bytes");

@@ -51,6 +51,8 @@ use crate::drivers::{DriverError, MigrateRequest};
 
 /// How often the job's statistics are read.
 const POLL: Duration = Duration::from_millis(100);
+/// How long an aborted migration may wait for libvirt's call before the rollback is taken.
+const ABORT_GRACE: Duration = Duration::from_secs(10);
 /// The downtime limit of a post-copy migration until its switch is committed: QEMU finishes
 /// pre-copy by itself only when the rest fits this, so it practically never does (see the
 /// module notes). The requested limit applies from the switch on.
@@ -211,6 +213,8 @@ pub trait Job: Send + Sync {
     fn start_post_copy(&self) -> Result<(), DriverError>;
     /// libvirt moved the domain away (shut off, reason `migrated`).
     fn migrated(&self) -> bool;
+    /// The domain is paused (libvirt's stop-and-copy, or a failed switch-over).
+    fn paused(&self) -> bool;
 }
 
 impl Job for Domain {
@@ -235,6 +239,12 @@ impl Job for Domain {
 
     fn start_post_copy(&self) -> Result<(), DriverError> {
         start_post_copy(self)
+    }
+
+    fn paused(&self) -> bool {
+        use virt::domain::DomainState;
+        use virt::enumutil::Enum;
+        matches!(self.state(), Ok((Enum::Known(DomainState::Paused), _)))
     }
 
     fn migrated(&self) -> bool {
@@ -332,6 +342,8 @@ struct State {
     /// libvirt's own downtime figure for the finished job.
     libvirt_downtime_ms: u64,
     switch: Option<bool>,
+    /// When the switch was refused while libvirt's call was still out.
+    refused_at: Option<Instant>,
 }
 
 impl Outgoing {
@@ -456,6 +468,26 @@ impl Outgoing {
         let mut state = self.lock();
         if state.returned.is_some() {
             return false;
+        }
+        if state.switch == Some(false) && !state.progress.done {
+            // Aborted, but libvirt's call may hang for minutes on a destination that vanished
+            // (a cut link: no reset, keepalives must time out). The source never stopped
+            // running, so once it is not paused the rollback is confirmed without waiting; a
+            // later return is only recorded (the copy is gone, see `returned`).
+            let since = *state.refused_at.get_or_insert(now);
+            if now.saturating_duration_since(since) >= ABORT_GRACE && !self.domain.paused() {
+                let late = format!(
+                    "libvirt had not returned from the migration {} s after the abort (the destination is unreachable); the VM runs on at the source",
+                    ABORT_GRACE.as_secs()
+                );
+                state.progress.error = Some(match state.progress.error.take() {
+                    Some(why) => format!("{why}; {late}"),
+                    None => late,
+                });
+                state.progress.done = true;
+                state.progress.phase = "rolled-back".into();
+            }
+            return true;
         }
         if state.switch.is_none()
             && state.progress.error.is_none()
@@ -804,6 +836,9 @@ mod tests {
         fn migrated(&self) -> bool {
             *self.0.migrated.lock().expect("lock")
         }
+        fn paused(&self) -> bool {
+            false
+        }
     }
 
     fn scripted(when: PostcopyWhen) -> (Outgoing, Arc<Script>) {
@@ -1042,6 +1077,28 @@ mod tests {
         // A cancel after the end does nothing.
         o.cancel("again").expect("cancel");
         assert_eq!(calls(&script), ["abort"]);
+    }
+
+    #[test]
+    fn an_abort_libvirt_never_returns_from_is_rolled_back_after_a_grace() {
+        let (o, script) = scripted(PostcopyWhen::Never);
+        tick(&o, &script, 1, 900 * MIB);
+        o.switch(false).expect("refused");
+        assert_eq!(calls(&script), ["abort"]);
+        let refused = Instant::now();
+        assert!(o.poll(refused));
+        assert!(!o.progress().done, "not before the grace");
+        assert!(o.poll(refused + ABORT_GRACE));
+        let p = o.progress();
+        assert!(p.done && p.phase == "rolled-back", "{p:?}");
+        assert!(p
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("runs on at the source")));
+        // Still out in libvirt: not settled, so no new migration starts over it.
+        assert!(!o.settled());
+        o.returned(Err("unable to connect".into()));
+        assert!(o.settled());
     }
 
     #[test]

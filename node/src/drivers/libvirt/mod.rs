@@ -502,10 +502,18 @@ impl Driver for Libvirt {
                 return Ok(());
             }
             if !running.settled() {
-                return Err(DriverError(format!(
-                    "{vm} is already migrating (migration {})",
-                    running.migration
-                )));
+                let why = if running.progress().done {
+                    format!(
+                        "libvirt is still tearing down {vm}'s migration {} (aborted: its destination became unreachable); try again shortly",
+                        running.migration
+                    )
+                } else {
+                    format!(
+                        "{vm} is already migrating (migration {})",
+                        running.migration
+                    )
+                };
+                return Err(DriverError(why));
             }
         }
         let (domain, xml) = self.with_conn(|conn| {
