@@ -117,14 +117,15 @@ async fn up(
     println!("  paddock cluster status");
     println!("  paddock kv put greeting hello && paddock kv get greeting");
     if let Some((_, guest)) = &real {
+        let cmdline = format!("{} ip4=10.77.0.11/24", TestGuest::cmdline(16));
         println!(
             "  paddock vm create web-1 --cpus 1 --memory 128MiB --disk 1GiB --ha --disk-policy shared \\\n      --kernel {} --initrd {} --cmdline '{}' --wait",
             guest.kernel.display(),
             guest.initrd.display(),
-            TestGuest::cmdline(16)
+            cmdline
         );
         println!(
-            "  (its serial console: {}/hN/paddock/vms/web-1/console.log on the host running it)",
+            "  paddock vm list; paddock vm console web-1    (its IP; its live console, Ctrl-] leaves)\n  (the console log: {}/hN/paddock/vms/web-1/console.log on the host running it)",
             dir.join("hosts").display()
         );
     }
@@ -213,6 +214,12 @@ fn libvirt_hosts(
         kind == "kvm"
     );
     spec.extra_args.extend(hosts.node_args(kind));
+    // The VMs' NIC on a bridge of each host (its gateway address lets the host see their IPs).
+    for host in &hosts.hosts {
+        host.add_bridge("vmbr0")?;
+    }
+    spec.extra_args
+        .extend(["--vm-network", "bridge:vmbr0"].map(String::from));
     spec.hosts = hosts.hosts.iter().map(|h| h.node_host(&[])).collect();
     Ok((hosts, guest))
 }
