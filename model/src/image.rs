@@ -43,7 +43,7 @@ pub fn validate_image_name(name: &str) -> Result<(), String> {
     crate::vm::validate_vm_name(name).map_err(|e| e.replacen("VM name", "image name", 1))
 }
 
-fn validate_sha256(sha: &str) -> Result<(), String> {
+pub fn validate_sha256(sha: &str) -> Result<(), String> {
     if sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         Ok(())
     } else {

@@ -364,7 +364,9 @@ impl Agent {
                 .addresses_seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            seen.retain(|vm, _| running.iter().any(|(r, _, _)| r == vm));
+            let names: std::collections::HashSet<&str> =
+                running.iter().map(|(vm, _, _)| vm.as_str()).collect();
+            seen.retain(|vm, _| names.contains(vm.as_str()));
             let now = Instant::now();
             running
                 .into_iter()

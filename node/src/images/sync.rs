@@ -123,13 +123,24 @@ impl Sync {
         let mut known = BTreeSet::new();
         loop {
             failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
+            let seen = self.shared.read().state.images.clone();
             if let Err(e) = self.pass(&mut failed, &mut known).await {
                 tracing::warn!(error = %e, "image sync pass failed; retrying");
             }
-            tokio::select! {
-                _ = applied.changed() => {}
-                _ = tokio::time::sleep(PASS_EVERY) => {}
-                _ = shutdown.changed() => return,
+            // Applied entries that leave the image list alone (most of them) wake no pass:
+            // a pass reads the store's directory.
+            let periodic = tokio::time::sleep(PASS_EVERY);
+            tokio::pin!(periodic);
+            loop {
+                tokio::select! {
+                    _ = applied.changed() => {
+                        if self.shared.read().state.images != seen {
+                            break;
+                        }
+                    }
+                    _ = &mut periodic => break,
+                    _ = shutdown.changed() => return,
+                }
             }
             if *shutdown.borrow() {
                 return;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use paddock_api::client::IMAGE_CHUNK;
 use paddock_api::convert::image_info;
 use paddock_api::pb::{self, images_server};
-use paddock_model::image::{validate_image_name, MAX_IMAGE_BYTES};
+use paddock_model::image::{validate_image_name, validate_sha256, MAX_IMAGE_BYTES};
 use paddock_model::{Command, Query, QueryResult};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -137,9 +137,7 @@ impl images_server::Images for ImagesService {
     ) -> Result<Response<Self::FetchStream>, Status> {
         authorized(&request, Action::Internal)?;
         let r = request.into_inner();
-        if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Status::invalid_argument("sha256 must be 64 hex digits"));
-        }
+        validate_sha256(&r.sha256).map_err(Status::invalid_argument)?;
         let path = self.store.path_of(&r.sha256);
         let file = std::fs::File::open(&path).map_err(|e| {
             Status::not_found(format!(

@@ -15,7 +15,7 @@ use crate::drivers::{ConsoleSession, DriverError};
 /// How often the pump looks for bytes when both directions were idle.
 const IDLE: Duration = Duration::from_millis(10);
 
-/// Opens `vm`'s serial console; `force` takes it over from another session.
+/// Opens `vm`'s serial console, taking it over from any other session.
 pub fn open(uri: &str, vm: &str) -> Result<ConsoleSession, DriverError> {
     let conn = connect(uri)?;
     let domain = conn

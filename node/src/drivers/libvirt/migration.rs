@@ -108,6 +108,17 @@ pub struct Plan {
     pub postcopy: PostcopyWhen,
 }
 
+/// When `request` goes post-copy (by mode and policy).
+pub fn postcopy_when(request: &MigrateRequest) -> PostcopyWhen {
+    match (request.mode, request.policy) {
+        (MigrationMode::Precopy, _) | (MigrationMode::Auto, MigrationPolicy::Throttle) => {
+            PostcopyWhen::Never
+        }
+        (MigrationMode::Postcopy, _) => PostcopyWhen::AfterFirstPass,
+        (MigrationMode::Auto, MigrationPolicy::Postcopy) => PostcopyWhen::Stalled,
+    }
+}
+
 /// What libvirt is asked to do for `request`; `dest_xml` is the definition the destination
 /// gets (see [`super::incoming_xml`]).
 pub fn plan(
@@ -119,15 +130,10 @@ pub fn plan(
         | sys::VIR_MIGRATE_PEER2PEER
         | sys::VIR_MIGRATE_PERSIST_DEST
         | sys::VIR_MIGRATE_ABORT_ON_ERROR;
-    let postcopy = match (request.mode, request.policy) {
-        (MigrationMode::Precopy, _) => PostcopyWhen::Never,
-        (MigrationMode::Postcopy, _) => PostcopyWhen::AfterFirstPass,
-        (MigrationMode::Auto, MigrationPolicy::Postcopy) => PostcopyWhen::Stalled,
-        (MigrationMode::Auto, MigrationPolicy::Throttle) => {
-            flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
-            PostcopyWhen::Never
-        }
-    };
+    let postcopy = postcopy_when(request);
+    if (request.mode, request.policy) == (MigrationMode::Auto, MigrationPolicy::Throttle) {
+        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+    }
     if postcopy == PostcopyWhen::Never {
         // The destination stays paused until the committed switch resumes it.
         flags |= sys::VIR_MIGRATE_PAUSED;
@@ -380,15 +386,7 @@ impl Outgoing {
                 worker.returned(result);
             });
         spawned.map_err(|e| DriverError(format!("cannot start the migration thread: {e}")))?;
-        let monitor = outgoing.clone();
-        std::thread::Builder::new()
-            .name(format!("migrate-watch-{vm}"))
-            .spawn(move || {
-                while monitor.poll(Instant::now()) {
-                    std::thread::sleep(POLL);
-                }
-            })
-            .map_err(|e| DriverError(format!("cannot start the migration monitor: {e}")))?;
+        outgoing.watch(vm)?;
         Ok(outgoing)
     }
 
@@ -413,7 +411,13 @@ impl Outgoing {
         );
         outgoing.adopted = true;
         let outgoing = Arc::new(outgoing);
-        let monitor = outgoing.clone();
+        outgoing.watch(vm)?;
+        Ok(outgoing)
+    }
+
+    /// The monitor: a thread polling the job every [`POLL`] until libvirt's call has returned.
+    fn watch(self: &Arc<Self>, vm: &str) -> Result<(), DriverError> {
+        let monitor = self.clone();
         std::thread::Builder::new()
             .name(format!("migrate-watch-{vm}"))
             .spawn(move || {
@@ -421,8 +425,8 @@ impl Outgoing {
                     std::thread::sleep(POLL);
                 }
             })
-            .map_err(|e| DriverError(format!("cannot start the migration monitor: {e}")))?;
-        Ok(outgoing)
+            .map(|_| ())
+            .map_err(|e| DriverError(format!("cannot start the migration monitor: {e}")))
     }
 
     fn new(

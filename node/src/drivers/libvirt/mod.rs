@@ -276,6 +276,19 @@ pub fn incoming_xml(source_xml: &str, marks: Marks) -> Result<String, DriverErro
     ))
 }
 
+/// `vm`'s domain on this host as the source of a migration (a Paddock domain not itself
+/// arriving), with its marks.
+fn leaving(conn: &Connect, vm: &str) -> Result<(Domain, Marks), DriverError> {
+    let domain = conn
+        .lookup_domain_by_name(vm)
+        .map_err(|e| err(&format!("no domain {vm} here"), e))?;
+    let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
+    if marks.incoming.is_some() {
+        return Err(DriverError(format!("{vm} is itself still arriving here")));
+    }
+    Ok((domain, marks))
+}
+
 fn state_of(domain: &Domain, marks: Marks) -> Result<InstanceState, DriverError> {
     if marks.incoming.is_some() {
         return Ok(InstanceState::Incoming);
@@ -517,13 +530,7 @@ impl Driver for Libvirt {
             }
         }
         let (domain, xml) = self.with_conn(|conn| {
-            let domain = conn
-                .lookup_domain_by_name(vm)
-                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
-            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
-            if marks.incoming.is_some() {
-                return Err(DriverError(format!("{vm} is itself still arriving here")));
-            }
+            let (domain, marks) = leaving(conn, vm)?;
             match state_of(&domain, marks)? {
                 InstanceState::Running => {}
                 InstanceState::Migrated => return Err(DriverError(format!(
@@ -563,18 +570,7 @@ impl Driver for Libvirt {
         {
             return Ok(());
         }
-        let domain = self.with_conn(|conn| {
-            let domain = conn
-                .lookup_domain_by_name(vm)
-                .map_err(|e| err(&format!("no domain {vm} here"), e))?;
-            let marks = marks_of(&domain).ok_or_else(|| foreign(vm))?;
-            if marks.incoming.is_some() {
-                return Err(DriverError(format!("{vm} is itself still arriving here")));
-            }
-            Ok(domain)
-        })?;
-        // Only when to go post-copy matters here: libvirtd already has the rest.
-        let plan = migration::plan(request, &self.migration, String::new())?;
+        let domain = self.with_conn(|conn| Ok(leaving(conn, vm)?.0))?;
         tracing::info!(
             vm,
             migration = request.migration,
@@ -584,7 +580,8 @@ impl Driver for Libvirt {
             vm,
             request.migration,
             domain,
-            plan.postcopy,
+            // Only when to go post-copy matters here: libvirtd already has the rest.
+            migration::postcopy_when(request),
             request.max_downtime_ms,
             self.migration.timeout,
         )?;
