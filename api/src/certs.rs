@@ -69,6 +69,8 @@ pub struct PeerIdentity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    #[error("{path}: {message}")]
+    Tls { path: PathBuf, message: String },
     #[error("cannot read {path}: {hint}")]
     Read {
         path: PathBuf,
@@ -223,6 +225,44 @@ impl CertsDir {
     pub fn server_tls(&self, node: &str) -> Result<ServerTlsConfig, CertError> {
         let (ca, identity) = self.identity(node, NODE_HINT)?;
         Ok(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+    }
+
+    /// TLS for the HTTPS API listener: the node's certificate; a client certificate of the
+    /// cluster CA is optional (callers may authenticate per request with a token instead);
+    /// HTTP/2 and HTTP/1.1 offered.
+    pub fn api_server_config(&self, node: &str) -> Result<rustls::ServerConfig, CertError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |path: PathBuf, what: &str| CertError::Tls {
+            path,
+            message: what.to_string(),
+        };
+        let ca_pem = read_text(&self.ca_cert(), NODE_HINT)?;
+        let cert_pem = read_text(&self.cert(node), NODE_HINT)?;
+        let key_pem = read_text(&self.key(node), NODE_HINT)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let ca = ca.map_err(|_| invalid(self.ca_cert(), "not a PEM certificate"))?;
+            roots
+                .add(ca)
+                .map_err(|e| invalid(self.ca_cert(), &e.to_string()))?;
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|_| invalid(self.cert(node), "not a PEM certificate"))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|_| invalid(self.key(node), "not a PEM private key"))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| invalid(self.ca_cert(), &e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid(self.cert(node), &e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
     }
 
     /// TLS settings for connecting to nodes as `name` (a node or a user).

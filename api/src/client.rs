@@ -14,8 +14,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::pb::{
-    self, cluster_client::ClusterClient, kv_client::KvClient, migrations_client::MigrationsClient,
-    nodes_client::NodesClient, settings_client::SettingsClient, vms_client::VmsClient,
+    self, cluster_client::ClusterClient, events_client::EventsClient, kv_client::KvClient,
+    migrations_client::MigrationsClient, nodes_client::NodesClient,
+    settings_client::SettingsClient, tokens_client::TokensClient, vms_client::VmsClient,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -471,6 +472,7 @@ impl Client {
                 start_after: start_after.clone(),
                 limit: 0,
                 stale,
+                ..Default::default()
             };
             let reply = self
                 .call(|channel| {
@@ -763,5 +765,71 @@ impl Client {
         let request = pb::MigrationGetRequest { id };
         self.call(|channel| async move { MigrationsClient::new(channel).watch(request).await })
             .await
+    }
+
+    /// Makes an API token; the answer holds the secret token (shown once).
+    pub async fn token_create(
+        &mut self,
+        name: &str,
+        role: &str,
+        ttl_secs: u64,
+    ) -> Result<pb::TokenCreated, ClientError> {
+        let request = pb::TokenCreateRequest {
+            name: name.to_string(),
+            role: role.to_string(),
+            ttl_secs,
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { TokensClient::new(channel).create(request).await }
+        })
+        .await
+    }
+
+    pub async fn token_list(&mut self) -> Result<Vec<pb::TokenInfo>, ClientError> {
+        self.call(|channel| async move {
+            TokensClient::new(channel)
+                .list(pb::TokenListRequest {})
+                .await
+        })
+        .await
+        .map(|r| r.tokens)
+    }
+
+    pub async fn token_revoke(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::TokenRevokeRequest {
+            name: name.to_string(),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { TokensClient::new(channel).revoke(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A page of the cluster's event log.
+    pub async fn events(
+        &mut self,
+        request: pb::EventsRequest,
+    ) -> Result<pb::EventsPage, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move { EventsClient::new(channel).list(request).await }
+        })
+        .await
+    }
+
+    /// The event log from `request.after` on, live, from one node (reconnect with the last
+    /// number seen to resume, on any node).
+    pub async fn events_follow(
+        &mut self,
+        request: pb::EventsRequest,
+    ) -> Result<tonic::Streaming<pb::Event>, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move { EventsClient::new(channel).follow(request).await }
+        })
+        .await
     }
 }

@@ -60,6 +60,11 @@ enum Command {
     /// Live migrations: list, show, watch, cancel.
     #[command(subcommand)]
     Migration(paddock_cli::commands::migration::MigrationCommand),
+    /// API tokens for the HTTPS API and the dashboard (admin).
+    #[command(subcommand)]
+    Token(paddock_cli::commands::token::TokenCommand),
+    /// The cluster's event log (--follow to stream it).
+    Events(paddock_cli::commands::events::EventsArgs),
     /// A local cluster on this machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -97,6 +102,8 @@ fn main() -> ExitCode {
             Command::Vm(c) => commands::vm::run(c, &global).await,
             Command::Migration(c) => commands::migration::run(c, &global).await,
             Command::Image(c) => commands::image::run(c, &global).await,
+            Command::Token(c) => commands::token::run(c, &global).await,
+            Command::Events(a) => commands::events::run(a, &global).await,
             Command::Dev(c) => commands::dev::run(c).await,
             Command::Bench(c) => paddock_cli::bench::run(c).await,
         }

@@ -62,3 +62,43 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 /// Parses `500ms`, `10s`, `2m` (shared with paddockd's flags).
 pub use paddock_model::duration::parse as parse_duration;
+
+/// Unix milliseconds as UTC `HH:MM:SS.mmm` (dates are rarely what an operator scans for).
+pub fn clock(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+/// Unix milliseconds as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn time_of(ms: u64) -> String {
+    // Days to a civil date (Howard Hinnant's algorithm, proleptic Gregorian).
+    let days = (ms / 86_400_000) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {}", &clock(ms)[..8])
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::time_of(0), "1970-01-01 00:00:00");
+        assert_eq!(super::time_of(1_796_169_600_000), "2026-12-02 00:00:00");
+        assert_eq!(
+            super::time_of(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+    }
+}

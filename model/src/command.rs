@@ -205,6 +205,18 @@ pub enum Command {
         node: String,
         reports: Vec<(String, u64, Vec<String>)>,
     },
+    /// An API token: its name, role, the SHA-256 of its secret, how long it lives (`None`:
+    /// until revoked) and who made it.
+    TokenCreate {
+        name: String,
+        role: String,
+        sha256: String,
+        ttl_ms: Option<u64>,
+        by: String,
+    },
+    TokenRevoke {
+        name: String,
+    },
 }
 
 /// Most VMs one `VmCreateMany` may carry.
@@ -439,6 +451,10 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::TokenCreate {
+                name, role, sha256, ..
+            } => crate::token::validate_token(name, role, sha256),
+            Command::TokenRevoke { .. } => Ok(()),
         }
     }
 }

@@ -1,10 +1,10 @@
-//! Durations as people write them in flags and files: `500ms`, `10s`, `2m`.
+//! Durations as people write them in flags and files: `500ms`, `10s`, `2m`, `12h`, `30d`.
 
 use std::time::Duration;
 
 /// Parses `500ms`, `10s`, `2m`.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?}: use e.g. 500ms, 10s or 2m");
+    let bad = || format!("invalid duration {text:?}: use e.g. 500ms, 10s, 2m, 12h or 30d");
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| text.split_at(i))
@@ -14,6 +14,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => return Err(bad()),
     };
     if !seconds.is_finite() || seconds <= 0.0 {

@@ -106,6 +106,12 @@ impl ClusterState {
                     image.holders.insert(node.clone());
                     return Ok(Response::Done);
                 }
+                self.events.push(
+                    at_ms,
+                    crate::events::EventKind::ImageRegistered,
+                    name,
+                    format!("image {name} imported on {node} ({format}, {size_bytes} bytes)"),
+                );
                 self.images.insert(
                     name.clone(),
                     Image {
@@ -150,6 +156,12 @@ impl ClusterState {
                     )));
                 }
                 self.images.remove(name);
+                self.events.push(
+                    at_ms,
+                    crate::events::EventKind::ImageDeleted,
+                    name,
+                    format!("image {name} deleted; every node removes its copy"),
+                );
                 Ok(Response::Done)
             }
             other => Err(Rejection::Invalid {

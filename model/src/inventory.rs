@@ -2,6 +2,7 @@
 //! stale plan or a late report is refused the same way on every replica.
 
 use crate::command::{Command, Outcome, Placement, Rejection, Response, VmReport};
+use crate::events::EventKind;
 use crate::node::{Health, Node};
 use crate::state::ClusterState;
 use crate::vm::{check_fit, Assignment, Desired, Vm, VmState};
@@ -15,6 +16,21 @@ impl ClusterState {
                 labels,
                 driver,
             } => {
+                match self.nodes.get(name).map(|n| n.health) {
+                    None => self.events.push(
+                        at_ms,
+                        EventKind::NodeRegistered,
+                        name,
+                        format!("{name} registered: {} ({driver})", capacity.describe()),
+                    ),
+                    Some(Health::Down) => self.events.push(
+                        at_ms,
+                        EventKind::NodeBack,
+                        name,
+                        format!("{name} is back (its VMs were handled while it was down)"),
+                    ),
+                    Some(Health::Ready) => {}
+                }
                 let node = self.nodes.entry(name.clone()).or_insert_with(|| Node {
                     name: name.clone(),
                     capacity: *capacity,
@@ -38,6 +54,15 @@ impl ClusterState {
                     .nodes
                     .get_mut(name)
                     .ok_or_else(|| Rejection::not_found("node", name))?;
+                if node.cordoned != *cordoned {
+                    let what = if *cordoned {
+                        "cordoned: no new VMs"
+                    } else {
+                        "uncordoned"
+                    };
+                    self.events
+                        .push(at_ms, EventKind::NodeCordon, name, format!("{name} {what}"));
+                }
                 node.cordoned = *cordoned;
                 if !cordoned {
                     // Uncordoning ends a drain (its migrations carry on or have ended).
@@ -89,7 +114,12 @@ impl ClusterState {
                     .ok_or_else(|| Rejection::not_found("VM", name))?;
                 if vm.desired != *desired {
                     vm.desired = *desired;
-                    vm.event(at_ms, format!("desired {}", desired.name()));
+                    vm.event(
+                        &mut self.events,
+                        at_ms,
+                        EventKind::VmDesired,
+                        format!("desired {}", desired.name()),
+                    );
                 }
                 // An operator's start or stop starts the restart policy afresh...
                 vm.crash_restarts = 0;
@@ -111,6 +141,8 @@ impl ClusterState {
                     .remove(name)
                     .ok_or_else(|| Rejection::not_found("VM", name))?;
                 self.release(&vm);
+                self.events
+                    .push(at_ms, EventKind::VmDeleted, name, format!("{name} deleted"));
                 if let Some(a) = &vm.assignment {
                     self.deleting
                         .insert(name.clone(), (a.node.clone(), a.epoch));
@@ -131,7 +163,12 @@ impl ClusterState {
                     if let Some(vm) = self.vms.get_mut(name) {
                         if vm.needs_placement() && vm.waiting.as_ref() != Some(reason) {
                             vm.waiting = Some(reason.clone());
-                            vm.event(at_ms, format!("waiting: {reason}"));
+                            vm.event(
+                                &mut self.events,
+                                at_ms,
+                                EventKind::VmWaiting,
+                                format!("waiting: {reason}"),
+                            );
                         }
                     }
                 }
@@ -163,6 +200,12 @@ impl ClusterState {
                 self.settings
                     .set(key, value)
                     .map_err(|reason| Rejection::Invalid { reason })?;
+                self.events.push(
+                    at_ms,
+                    EventKind::SettingChanged,
+                    key,
+                    format!("{key} = {value}"),
+                );
                 Ok(Response::Done)
             }
             Command::VmRecover { vm: name, epoch } => {
@@ -196,7 +239,9 @@ impl ClusterState {
                         });
                         vm.observed = VmState::Pending;
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmRecovery,
                             format!(
                                 "restart {}/{limit} in place on {node} (epoch {epoch})",
                                 vm.crash_restarts
@@ -212,14 +257,18 @@ impl ClusterState {
                         // No further restarts in place: a crash on the next node is the last.
                         vm.avoid = Some(node.clone());
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmRecovery,
                             format!("crashed {limit} times on {node}: placing it elsewhere"),
                         );
                     }
                 } else if vm.avoid.as_deref() != Some(node.as_str()) {
                     if let Some(vm) = self.vms.get_mut(name) {
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmRecovery,
                             format!("crashed {limit} times again, on {node}: left failed; start it to try again"),
                         );
                         // Handled: a failed VM that avoids its own node is left alone.
@@ -233,6 +282,19 @@ impl ClusterState {
                     .nodes
                     .get_mut(name)
                     .ok_or_else(|| Rejection::not_found("node", name))?;
+                if node.maintenance != *on {
+                    let what = if *on {
+                        "in maintenance: no new VMs, no failover"
+                    } else {
+                        "out of maintenance"
+                    };
+                    self.events.push(
+                        at_ms,
+                        EventKind::NodeMaintenance,
+                        name,
+                        format!("{name} {what}"),
+                    );
+                }
                 node.maintenance = *on;
                 Ok(Response::Done)
             }
@@ -245,6 +307,12 @@ impl ClusterState {
                     return Ok(Response::Done);
                 }
                 node.health = Health::Down;
+                self.events.push(
+                    at_ms,
+                    EventKind::NodeDown,
+                    name,
+                    format!("{name} declared down: its lease has ended, its VMs are fenced"),
+                );
                 // Down means its lease has ended: nothing of it still runs.
                 self.deleting.retain(|_, (n, _)| n != name);
                 self.fail_migrations_of_node(name, at_ms);
@@ -267,7 +335,9 @@ impl ClusterState {
                         vm.observed = VmState::Pending;
                         vm.reason = None;
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmRecovery,
                             format!(
                                 "node {name} down (epoch {epoch} fenced): placing it elsewhere"
                             ),
@@ -276,13 +346,17 @@ impl ClusterState {
                         vm.observed = VmState::Failed;
                         vm.reason = Some(format!("host {name} down"));
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmFailed,
                             format!("failed: host {name} down; not HA, so it waits for `paddock vm start`"),
                         );
                     } else {
                         vm.observed = VmState::Stopped;
                         vm.event(
+                            &mut self.events,
                             at_ms,
+                            EventKind::VmState,
                             format!("node {name} down; the VM was stopped and stays stopped"),
                         );
                     }
@@ -322,7 +396,12 @@ impl ClusterState {
             avoid: None,
             addresses: Default::default(),
         };
-        vm.event(at_ms, format!("created, desired {}", desired.name()));
+        vm.event(
+            &mut self.events,
+            at_ms,
+            EventKind::VmCreated,
+            format!("created, desired {}", desired.name()),
+        );
         self.vms.insert(name.to_string(), vm);
     }
 
@@ -371,7 +450,12 @@ impl ClusterState {
             vm.observed = VmState::Pending;
             vm.reason = None;
             vm.waiting = None;
-            vm.event(at_ms, format!("scheduled on {node_name} (epoch {epoch})"));
+            vm.event(
+                &mut self.events,
+                at_ms,
+                EventKind::VmScheduled,
+                format!("scheduled on {node_name} (epoch {epoch})"),
+            );
         }
         Ok(epoch)
     }
@@ -399,7 +483,12 @@ impl ClusterState {
                     (Some(reason), VmState::Failed) => format!("failed on {node}: {reason}"),
                     (_, state) => format!("{} on {node}", state.name()),
                 };
-                vm.event(at_ms, message);
+                let kind = if report.state == VmState::Failed {
+                    EventKind::VmFailed
+                } else {
+                    EventKind::VmState
+                };
+                vm.event(&mut self.events, at_ms, kind, message);
             }
         }
         Response::Observed { taken, ignored }

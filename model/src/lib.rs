@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod command;
 pub mod duration;
+pub mod events;
 pub mod ids;
 pub mod image;
 mod inventory;
@@ -24,6 +25,7 @@ pub mod query;
 pub mod resources;
 pub mod settings;
 pub mod state;
+pub mod token;
 pub mod vm;
 
 pub use command::{

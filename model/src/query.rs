@@ -28,6 +28,7 @@ pub enum Query {
     VmList {
         start_after: Option<String>,
         limit: u32,
+        filter: VmFilter,
     },
     /// One VM, whole.
     VmGet {
@@ -43,6 +44,37 @@ pub enum Query {
     },
     /// Every registered image, in name order.
     Images,
+    /// Events after number `after`, of `kinds` (all if empty), about `subject` if given.
+    Events {
+        after: u64,
+        kinds: Vec<crate::events::EventKind>,
+        subject: Option<String>,
+        limit: u32,
+    },
+    /// API tokens (their hashes stay on the server side of the operations layer).
+    Tokens,
+}
+
+/// Which VMs a list answers (all of them when empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmFilter {
+    /// Assigned to this node.
+    pub node: Option<String>,
+    /// In this observed state (`running`, `failed`...).
+    pub state: Option<String>,
+    /// Whose name contains this.
+    pub search: Option<String>,
+}
+
+impl VmFilter {
+    pub fn matches(&self, vm: &Vm) -> bool {
+        self.node.as_deref().is_none_or(|n| vm.node() == Some(n))
+            && self
+                .state
+                .as_deref()
+                .is_none_or(|s| vm.observed.name() == s)
+            && self.search.as_deref().is_none_or(|q| vm.name.contains(q))
+    }
 }
 
 /// One line of `vm list`: what an operator scans for, nothing that grows.
@@ -101,6 +133,8 @@ pub enum QueryResult {
     Migrations(Vec<crate::migration::Migration>),
     Migration(Option<Box<crate::migration::Migration>>),
     Images(Vec<(String, crate::image::Image)>),
+    Events(crate::events::EventPage),
+    Tokens(Vec<(String, crate::token::ApiToken)>),
 }
 
 impl ClusterState {
@@ -150,13 +184,20 @@ impl ClusterState {
                         .collect(),
                 )
             }
-            Query::VmList { start_after, limit } => {
+            Query::VmList {
+                start_after,
+                limit,
+                filter,
+            } => {
                 let limit = (*limit).clamp(1, MAX_LIST_LIMIT) as usize;
                 let lower = match start_after {
                     Some(after) => std::ops::Bound::Excluded(after.clone()),
                     None => std::ops::Bound::Unbounded,
                 };
-                let mut matching = self.vms.range((lower, std::ops::Bound::Unbounded));
+                let mut matching = self
+                    .vms
+                    .range((lower, std::ops::Bound::Unbounded))
+                    .filter(|(_, vm)| filter.matches(vm));
                 let vms = matching
                     .by_ref()
                     .take(limit)
@@ -184,6 +225,18 @@ impl ClusterState {
                 self.images
                     .iter()
                     .map(|(name, image)| (name.clone(), image.clone()))
+                    .collect(),
+            ),
+            Query::Events {
+                after,
+                kinds,
+                subject,
+                limit,
+            } => QueryResult::Events(self.events.page(*after, kinds, subject.as_deref(), *limit)),
+            Query::Tokens => QueryResult::Tokens(
+                self.tokens
+                    .iter()
+                    .map(|(name, token)| (name.clone(), token.clone()))
                     .collect(),
             ),
         }

@@ -32,6 +32,14 @@ impl Lacking {
 }
 
 impl Resources {
+    /// `4 cpus, 8192 MiB memory, 102400 MiB disk`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} cpus, {} MiB memory, {} MiB disk",
+            self.cpus, self.memory_mib, self.disk_mib
+        )
+    }
+
     /// `None` if `self` fits in `free`, else the first resource that is short.
     pub fn lacking_in(&self, free: &Resources) -> Option<Lacking> {
         if self.cpus > free.cpus {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{ClientRequest, Command, Outcome, Proposal, Rejection, Response};
+use crate::events::EventKind;
 use crate::node::Node;
 use crate::settings::Settings;
 use crate::vm::{GroupIndex, Vm};
@@ -49,6 +50,10 @@ pub struct ClusterState {
     pub migration_seq: u64,
     /// Disk images by name (their bytes are in each holder's image store, not here).
     pub images: BTreeMap<String, crate::image::Image>,
+    /// API tokens by name (hashes only).
+    pub tokens: BTreeMap<String, crate::token::ApiToken>,
+    /// What happened, numbered cluster-wide ([`crate::events`]).
+    pub events: crate::events::EventLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +71,15 @@ pub enum MemberRole {
     Learner,
 }
 
+impl MemberRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberRole::Voter => "voter",
+            MemberRole::Learner => "learner",
+        }
+    }
+}
+
 /// The recorded last write of one client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -79,6 +93,7 @@ impl ClusterState {
     /// replica. Returns one outcome per request, in order.
     pub fn apply(&mut self, proposal: &Proposal) -> Vec<Outcome> {
         self.expire_sessions(proposal.at_ms);
+        self.events.clock_ms = self.events.clock_ms.max(proposal.at_ms);
         proposal
             .requests
             .iter()
@@ -154,6 +169,43 @@ impl ClusterState {
             Command::ImageRegister { .. }
             | Command::ImageHeld { .. }
             | Command::ImageDelete { .. } => self.apply_image_command(command, at_ms),
+            Command::TokenCreate {
+                name,
+                role,
+                sha256,
+                ttl_ms,
+                by,
+            } => {
+                if self.tokens.contains_key(name) {
+                    return Err(Rejection::AlreadyExists {
+                        kind: "token".into(),
+                        name: name.clone(),
+                    });
+                }
+                if self.tokens.len() >= crate::token::MAX_TOKENS {
+                    return Err(Rejection::FailedPrecondition {
+                        reason: format!(
+                            "the cluster holds {} tokens, the most it keeps; revoke unused ones with `paddock token revoke NAME`",
+                            crate::token::MAX_TOKENS
+                        ),
+                    });
+                }
+                self.tokens.insert(
+                    name.clone(),
+                    crate::token::ApiToken {
+                        role: role.clone(),
+                        sha256: sha256.clone(),
+                        created_ms: at_ms,
+                        expires_ms: ttl_ms.map(|ttl| at_ms.saturating_add(ttl)),
+                        created_by: by.clone(),
+                    },
+                );
+                Ok(Response::Done)
+            }
+            Command::TokenRevoke { name } => match self.tokens.remove(name) {
+                Some(_) => Ok(Response::Done),
+                None => Err(Rejection::not_found("token", name)),
+            },
             _ => self.apply_inventory_command(command, at_ms),
         }
     }
@@ -171,7 +223,56 @@ impl ClusterState {
 
     /// Replaces the member list (called when a Raft membership entry is applied).
     pub fn set_members(&mut self, members: impl IntoIterator<Item = (String, Member)>) {
-        self.members = members.into_iter().collect();
+        let members: BTreeMap<String, Member> = members.into_iter().collect();
+        let at = self.events.clock_ms;
+        for (name, member) in &members {
+            match self.members.get(name) {
+                None => self.events.push(
+                    at,
+                    EventKind::MemberJoined,
+                    name,
+                    format!(
+                        "{name} joined as {} at {}",
+                        member.role.name(),
+                        member.address
+                    ),
+                ),
+                Some(old) if old.role != member.role => self.events.push(
+                    at,
+                    EventKind::MemberJoined,
+                    name,
+                    format!("{name} is now a {}", member.role.name()),
+                ),
+                Some(_) => {}
+            }
+        }
+        for name in self.members.keys() {
+            if !members.contains_key(name) {
+                self.events.push(
+                    at,
+                    EventKind::MemberRemoved,
+                    name,
+                    format!("{name} left the membership"),
+                );
+            }
+        }
+        self.members = members;
+    }
+
+    /// A new leader's first entry (openraft's blank entry of its term).
+    pub fn leader_elected(&mut self, leader_id: u64, term: u64) {
+        let name = self
+            .members
+            .iter()
+            .find(|(_, m)| m.id == leader_id)
+            .map_or_else(|| format!("node {leader_id}"), |(name, _)| name.clone());
+        let at = self.events.clock_ms;
+        self.events.push(
+            at,
+            EventKind::LeaderChanged,
+            &name,
+            format!("{name} leads (term {term})"),
+        );
     }
 
     /// A 64-bit digest of the whole state: equal on replicas that applied the same log.

@@ -292,7 +292,15 @@ impl Vm {
         }
     }
 
-    pub fn event(&mut self, at_ms: u64, message: String) {
+    /// Records an event in the VM's own list and in the cluster's log.
+    pub fn event(
+        &mut self,
+        log: &mut crate::events::EventLog,
+        at_ms: u64,
+        kind: crate::events::EventKind,
+        message: String,
+    ) {
+        log.push(at_ms, kind, &self.name, message.clone());
         if self.events.len() >= MAX_EVENTS {
             self.events.remove(0);
         }

@@ -40,6 +40,11 @@ pub struct Flags {
     /// Address for plain-HTTP /healthz, /readyz and /metrics (read-only, no cluster data).
     #[arg(long, env = "PADDOCK_HTTP")]
     pub http: Option<String>,
+    /// Address for the HTTPS API (/api/v1), the dashboard (/ui) and /metrics, host:port:
+    /// TLS with the node certificate; callers authenticate per request (token or client
+    /// certificate).
+    #[arg(long, env = "PADDOCK_API")]
+    pub api: Option<String>,
     /// Directory with ca.crt and this node's NAME.crt / NAME.key (see `paddock certs`).
     #[arg(long, env = "PADDOCK_CERTS_DIR")]
     pub certs_dir: Option<PathBuf>,
@@ -272,6 +277,7 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub advertise: String,
     pub http: Option<SocketAddr>,
+    pub api: Option<SocketAddr>,
     pub certs_dir: PathBuf,
     pub bootstrap: Bootstrap,
     /// Dial overrides by peer name.
@@ -325,6 +331,7 @@ impl NodeConfig {
         })?;
         let listen = parse_addr("--listen", &listen_text)?;
         let http = flags.http.map(|h| parse_addr("--http", &h)).transpose()?;
+        let api = flags.api.map(|a| parse_addr("--api", &a)).transpose()?;
         let certs_dir = flags.certs_dir.ok_or_else(|| {
             invalid("--certs-dir is required: a directory with ca.crt and this node's certificate (see `paddock certs`)")
         })?;
@@ -498,6 +505,7 @@ impl NodeConfig {
             listen,
             advertise,
             http,
+            api,
             certs_dir,
             bootstrap,
             routes,

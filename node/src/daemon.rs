@@ -33,8 +33,8 @@ use crate::ops::Ops;
 use crate::progress_board::ProgressBoard;
 use crate::proposer::Proposer;
 use crate::service::{
-    ClusterService, ImagesService, KvService, MigrationsService, NodesService, RaftService,
-    SettingsService, VmsService,
+    ClusterService, EventsService, ImagesService, KvService, MigrationsService, NodesService,
+    RaftService, SettingsService, TokensService, VmsService,
 };
 
 /// Largest gRPC message accepted: Raft batches and snapshot chunks.
@@ -93,6 +93,17 @@ pub async fn run(
         match config.http {
             Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
                 format!("cannot listen on --http {address}; pick another address")
+            })?),
+            None => None,
+        };
+    let api_tls = match config.api {
+        Some(_) => Some(certs.api_server_config(&config.name)?),
+        None => None,
+    };
+    let api_listener =
+        match config.api {
+            Some(address) => Some(TcpListener::bind(address).await.with_context(|| {
+                format!("cannot listen on --api {address}; pick another address")
             })?),
             None => None,
         };
@@ -157,7 +168,7 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Every client call goes through the operations layer (authorization, checks, proposing).
     let ops = Arc::new(Ops::new(proposer.clone(), shared.clone()));
-    let cluster_service = pb::cluster_server::ClusterServer::new(ClusterService {
+    let cluster = Arc::new(ClusterService {
         raft: raft.clone(),
         ops: ops.clone(),
         shared: shared.clone(),
@@ -166,25 +177,36 @@ pub async fn run(
         cluster_id: cluster_id.clone(),
         storage: config.storage.as_str(),
     });
-    let kv_service = pb::kv_server::KvServer::new(KvService { ops: ops.clone() })
+    let cluster_service = pb::cluster_server::ClusterServer::from_arc(cluster.clone());
+    let kv = Arc::new(KvService { ops: ops.clone() });
+    let kv_service = pb::kv_server::KvServer::from_arc(kv.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let nodes_service = pb::nodes_server::NodesServer::new(NodesService {
+    let nodes = Arc::new(NodesService {
         ops: ops.clone(),
         shared: shared.clone(),
         raft: raft.clone(),
         heard: heard.clone(),
-    })
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let vms_service = pb::vms_server::VmsServer::new(VmsService {
+    });
+    let nodes_service = pb::nodes_server::NodesServer::from_arc(nodes.clone())
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let vms = Arc::new(VmsService {
         ops: ops.clone(),
         node: config.name.clone(),
         driver: driver.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let settings_service =
-        pb::settings_server::SettingsServer::new(SettingsService { ops: ops.clone() });
+    });
+    let vms_service = pb::vms_server::VmsServer::from_arc(vms.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let settings = Arc::new(SettingsService { ops: ops.clone() });
+    let settings_service = pb::settings_server::SettingsServer::from_arc(settings.clone());
+    let events = Arc::new(EventsService {
+        ops: ops.clone(),
+        raft: raft.clone(),
+    });
+    let events_service = pb::events_server::EventsServer::from_arc(events.clone());
+    let tokens = Arc::new(TokensService { ops: ops.clone() });
+    let tokens_service = pb::tokens_server::TokensServer::from_arc(tokens.clone());
     let images =
         crate::images::ImageStore::open(&config.data_dir.join("images")).with_context(|| {
             format!(
@@ -199,10 +221,11 @@ pub async fn run(
     });
     // Live progress of running migrations, kept by the leader.
     let board = Arc::new(ProgressBoard::default());
-    let migrations_service = pb::migrations_server::MigrationsServer::new(MigrationsService {
+    let migrations = Arc::new(MigrationsService {
         ops: ops.clone(),
         board: board.clone(),
     });
+    let migrations_service = pb::migrations_server::MigrationsServer::from_arc(migrations.clone());
     let mut grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -217,10 +240,31 @@ pub async fn run(
             .add_service(settings_service)
             .add_service(migrations_service)
             .add_service(images_service)
+            .add_service(events_service)
+            .add_service(tokens_service)
             .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
     );
+    if let (Some(listener), Some(tls)) = (api_listener, api_tls) {
+        let api = crate::rest::Api {
+            ops: ops.clone(),
+            raft: raft.clone(),
+            services: Arc::new(crate::rest::Services {
+                cluster,
+                nodes,
+                vms,
+                migrations,
+                kv,
+                settings,
+                events,
+                tokens,
+            }),
+            metrics: metrics.clone(),
+            node: config.name.clone(),
+        };
+        tokio::spawn(crate::rest::serve(listener, tls, api, shutdown.clone()));
+    }
     if let Some(listener) = http_listener {
         tokio::spawn(http::serve(
             listener,

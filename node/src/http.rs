@@ -64,26 +64,17 @@ fn respond<B>(state: &HttpState, request: &Request<B>) -> Response<Full<Bytes>> 
                 "no leader known\n".to_string(),
             ),
         },
-        "/metrics" => {
-            let m = &state.metrics;
-            m.term.set(metrics.current_term as i64);
-            m.is_leader
-                .set(i64::from(metrics.current_leader == Some(metrics.id)));
-            m.last_log_index
-                .set(metrics.last_log_index.unwrap_or(0) as i64);
-            m.applied_index
-                .set(metrics.last_applied.map_or(0, |l| l.index) as i64);
-            m.members
-                .set(metrics.membership_config.membership().nodes().count() as i64);
-            let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &m.registry) {
-                Ok(()) => (StatusCode::OK, text),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("encoding metrics: {e}\n"),
-                ),
+        "/metrics" => match state.metrics.render(&state.raft) {
+            Ok(text) => {
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                return response;
             }
-        }
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
         _ => (
             StatusCode::NOT_FOUND,
             "try /healthz, /readyz or /metrics\n".to_string(),

@@ -27,5 +27,7 @@ pub mod metrics;
 pub mod ops;
 pub mod progress_board;
 pub mod proposer;
+pub mod rest;
 pub mod service;
+pub mod ui;
 pub mod watchdog;

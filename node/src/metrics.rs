@@ -29,7 +29,20 @@ pub struct NodeMetrics {
     pub batch_size: Histogram,
     /// Time from a write reaching the leader's batcher to its commit and apply.
     pub commit_seconds: Histogram,
+    /// HTTPS API requests by method and status.
+    pub api_requests: Family<ApiLabels, Counter>,
+    /// HTTPS API time to the response head.
+    pub api_seconds: Histogram,
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+/// What `/metrics` serves: OpenMetrics text, as prometheus-client writes it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 impl NodeMetrics {
     pub fn new() -> NodeMetrics {
@@ -80,7 +93,21 @@ impl NodeMetrics {
             "Leader-side write commit latency",
             commit_seconds.clone(),
         );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        let api_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "api_requests",
+            "HTTPS API requests by method and status",
+            api_requests.clone(),
+        );
+        registry.register(
+            "api_request_seconds",
+            "HTTPS API time to the response head",
+            api_seconds.clone(),
+        );
         NodeMetrics {
+            api_requests,
+            api_seconds,
             registry,
             term,
             is_leader,
@@ -92,6 +119,39 @@ impl NodeMetrics {
             batch_size,
             commit_seconds,
         }
+    }
+
+    pub fn api_request(
+        &self,
+        method: &axum::http::Method,
+        status: axum::http::StatusCode,
+        took: std::time::Duration,
+    ) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                method: method.as_str().to_string(),
+                status: status.as_u16(),
+            })
+            .inc();
+        self.api_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Refreshes the Raft gauges from openraft's metrics and encodes everything.
+    pub fn render(&self, raft: &paddock_raft::Raft) -> Result<String, String> {
+        let metrics = raft.metrics().borrow().clone();
+        self.term.set(metrics.current_term as i64);
+        self.is_leader
+            .set(i64::from(metrics.current_leader == Some(metrics.id)));
+        self.last_log_index
+            .set(metrics.last_log_index.unwrap_or(0) as i64);
+        self.applied_index
+            .set(metrics.last_applied.map_or(0, |l| l.index) as i64);
+        self.members
+            .set(metrics.membership_config.membership().nodes().count() as i64);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|e| format!("encoding metrics: {e}\n"))?;
+        Ok(text)
     }
 
     pub fn count_write(&self, result: &'static str) {

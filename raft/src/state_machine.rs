@@ -254,7 +254,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => responses.push(Vec::new()),
+                    EntryPayload::Blank => {
+                        applied.state.leader_elected(
+                            entry.log_id.leader_id.node_id,
+                            entry.log_id.leader_id.term,
+                        );
+                        responses.push(Vec::new())
+                    }
                     EntryPayload::Normal(proposal) => {
                         responses.push(applied.state.apply(&proposal))
                     }

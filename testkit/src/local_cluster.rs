@@ -23,6 +23,8 @@ pub struct LocalNode {
     /// gRPC address, 127.0.0.1:port.
     pub address: String,
     pub http: String,
+    /// HTTPS API and dashboard address, ip:port.
+    pub api: String,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     /// Flags added to every start of this node (storage engine, timings...).
@@ -168,14 +170,14 @@ impl LocalCluster {
             .join(",");
         for (i, port) in ports.iter().enumerate() {
             let name = format!("n{}", i + 1);
-            let http_port = match spec.base_port {
-                Some(base) => base + 100 + i as u16,
-                None => free_port()?,
+            let (http_port, api_port) = match spec.base_port {
+                Some(base) => (base + 100 + i as u16, base + 200 + i as u16),
+                None => (free_port()?, free_port()?),
             };
             cluster.add_node(
                 &name,
                 *port,
-                http_port,
+                [http_port, api_port],
                 vec!["--peers".into(), peers.clone()],
                 spec.extra_args.clone(),
                 spec.hosts.get(i).cloned(),
@@ -188,7 +190,7 @@ impl LocalCluster {
         &mut self,
         name: &str,
         port: u16,
-        http_port: u16,
+        [http_port, api_port]: [u16; 2],
         bootstrap: Vec<String>,
         extra_args: Vec<String>,
         host: Option<NodeHost>,
@@ -205,6 +207,7 @@ impl LocalCluster {
             name: name.to_string(),
             address: format!("{ip}:{port}"),
             http: format!("{ip}:{http_port}"),
+            api: format!("{ip}:{api_port}"),
             log_path: self.dir.join(format!("{name}.log")),
             data_dir,
             extra_args,
@@ -226,7 +229,7 @@ impl LocalCluster {
         self.add_node(
             name,
             free_port()?,
-            free_port()?,
+            [free_port()?, free_port()?],
             vec!["--join".into(), via],
             extra_args,
             None,
@@ -291,6 +294,8 @@ impl LocalCluster {
             .arg(&node.address)
             .arg("--http")
             .arg(&node.http)
+            .arg("--api")
+            .arg(&node.api)
             .arg("--certs-dir")
             .arg(&self.certs.dir)
             .args(&node.bootstrap)

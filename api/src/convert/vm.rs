@@ -194,6 +194,11 @@ impl pb::VmListRequest {
             } else {
                 self.limit
             },
+            filter: paddock_model::query::VmFilter {
+                node: (!self.node.is_empty()).then(|| self.node.clone()),
+                state: (!self.state.is_empty()).then(|| self.state.clone()),
+                search: (!self.search.is_empty()).then(|| self.search.clone()),
+            },
         }
     }
 }

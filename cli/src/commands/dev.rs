@@ -41,6 +41,8 @@ pub enum DevCommand {
 }
 
 const PIDS_FILE: &str = "pids";
+/// The dashboard token `dev up` prints.
+const DEV_TOKEN: &str = "dev-admin";
 
 pub async fn run(command: DevCommand) -> Result<(), Failure> {
     match command {
@@ -103,13 +105,45 @@ async fn up(
     );
     for node in &cluster.nodes {
         println!(
-            "  {:<4} grpc {}  http http://{}/metrics  log {}",
+            "  {:<4} grpc {}  http http://{}/metrics  api https://{}  log {}",
             node.name,
             node.address,
             node.http,
+            node.api,
             node.log_path.display()
         );
     }
+    // A dashboard login: the admin token of the dev cluster, made afresh on every `dev up`.
+    let mut client = cluster.client(Duration::from_secs(10))?;
+    let _ = client.token_revoke(DEV_TOKEN).await;
+    let token = client
+        .token_create(DEV_TOKEN, "admin", 0)
+        .await
+        .map_err(super::client_failure)?
+        .token;
+    std::fs::write(dir.join("token"), format!("{token}\n"))?;
+    println!();
+    println!(
+        "Dashboard and HTTPS API (any node; the CA is {}):",
+        cluster.certs.ca_cert().display()
+    );
+    for node in &cluster.nodes {
+        println!(
+            "  https://{}/ui    https://{}/api/v1/openapi.json",
+            node.api, node.api
+        );
+    }
+    println!(
+        "  log in with the admin token (also in {}):",
+        dir.join("token").display()
+    );
+    println!("  {token}");
+    println!(
+        "  curl --cacert {} -H \"Authorization: Bearer $(cat {})\" https://{}/api/v1/vms",
+        cluster.certs.ca_cert().display(),
+        dir.join("token").display(),
+        cluster.nodes[0].api
+    );
     println!();
     println!("Point the CLI at it:");
     println!("  export PADDOCK_ENDPOINT={endpoints}");

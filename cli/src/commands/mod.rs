@@ -5,10 +5,12 @@ pub mod certs;
 pub mod cluster;
 pub mod console;
 pub mod dev;
+pub mod events;
 pub mod image;
 pub mod kv;
 pub mod migration;
 pub mod node;
+pub mod token;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -596,18 +596,6 @@ fn print_detail(vm: &VmDetail) {
     }
     println!("events:");
     for e in &vm.events {
-        println!("  {}  {}", format_ms(e.at_ms), e.message);
+        println!("  {}  {}", crate::output::clock(e.at_ms), e.message);
     }
-}
-
-/// Unix milliseconds as UTC `HH:MM:SS.mmm` (dates are rarely what an operator scans for).
-fn format_ms(ms: u64) -> String {
-    let day_ms = ms % 86_400_000;
-    format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        day_ms / 3_600_000,
-        day_ms / 60_000 % 60,
-        day_ms / 1000 % 60,
-        day_ms % 1000
-    )
 }

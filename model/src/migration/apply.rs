@@ -3,6 +3,7 @@
 
 use super::{MigrationFigures, MigrationOptions, Phase, KEEP_FINISHED};
 use crate::command::{Outcome, Rejection, Response};
+use crate::events::EventKind;
 use crate::node::Drain;
 use crate::state::ClusterState;
 use crate::vm::{check_fit, Assignment, Desired, VmState};
@@ -92,7 +93,9 @@ impl ClusterState {
             .unwrap_or_default();
         if let Some(vm) = self.vms.get_mut(vm_name) {
             vm.event(
+                &mut self.events,
                 at_ms,
+                EventKind::MigrationPhase,
                 format!("migration {id} requested ({reason}) from {source}"),
             );
         }
@@ -169,7 +172,7 @@ impl ClusterState {
         };
         let vm_name = m.vm.clone();
         if let Some(vm) = self.vms.get_mut(&vm_name) {
-            vm.event(at_ms, message);
+            vm.event(&mut self.events, at_ms, EventKind::MigrationPhase, message);
         }
         self.prune_migrations();
     }
@@ -333,7 +336,12 @@ impl ClusterState {
                 m.started_ms = Some(at_ms);
                 let vm_name = m.vm.clone();
                 if let Some(vm) = self.vms.get_mut(&vm_name) {
-                    vm.event(at_ms, format!("migration {id}: preparing {destination}"));
+                    vm.event(
+                        &mut self.events,
+                        at_ms,
+                        EventKind::MigrationPhase,
+                        format!("migration {id}: preparing {destination}"),
+                    );
                 }
                 Ok(Response::Done)
             }
@@ -395,7 +403,9 @@ impl ClusterState {
                     });
                     vm.crash_restarts = 0;
                     vm.event(
+                        &mut self.events,
                         at_ms,
+                        EventKind::MigrationPhase,
                         format!("migration {id}: now owned by {dest} (epoch {epoch})"),
                     );
                 }
@@ -486,6 +496,16 @@ impl ClusterState {
                     })?;
                 if let Some(drain) = node.drain.as_mut() {
                     if !drain.done {
+                        let message = if left.is_empty() {
+                            format!("{name} drained: no VM left on it")
+                        } else {
+                            format!(
+                                "{name} drain ended with {} VM(s) left: {}",
+                                left.len(),
+                                left.join(", ")
+                            )
+                        };
+                        self.events.push(at_ms, EventKind::NodeDrain, name, message);
                         drain.done = true;
                         drain.left = left;
                         if drain.evacuate {
@@ -511,6 +531,12 @@ impl ClusterState {
             )));
         }
         let verb = if evacuate { "evacuate" } else { "drain" };
+        self.events.push(
+            at_ms,
+            EventKind::NodeDrain,
+            name,
+            format!("{verb} of {name} started: cordoned, its VMs move away"),
+        );
         if let Some(node) = self.nodes.get_mut(name) {
             node.cordoned = true;
             node.drain = Some(Drain {
@@ -545,7 +571,12 @@ impl ClusterState {
                 if let Some(vm) = self.vms.get_mut(&vm_name) {
                     vm.assignment = None;
                     vm.observed = VmState::Stopped;
-                    vm.event(at_ms, format!("evacuated from {name} (stopped)"));
+                    vm.event(
+                        &mut self.events,
+                        at_ms,
+                        EventKind::VmState,
+                        format!("evacuated from {name} (stopped)"),
+                    );
                 }
                 continue;
             }

@@ -41,6 +41,11 @@ pub enum Action {
     /// Upload an image (its bytes go to the node called, then to every node).
     ImageImport,
     ImageDelete,
+    EventRead,
+    /// List API tokens (names, roles, expiry; never secrets).
+    TokenRead,
+    /// Create or revoke API tokens.
+    TokenWrite,
     /// Raft traffic, forwarded requests, heartbeats, agents' reports, leader decisions.
     Internal,
 }
@@ -79,6 +84,9 @@ impl Action {
         Action::ImageRead,
         Action::ImageImport,
         Action::ImageDelete,
+        Action::EventRead,
+        Action::TokenRead,
+        Action::TokenWrite,
         Action::Internal,
     ];
 
@@ -91,7 +99,8 @@ impl Action {
             | Action::VmRead
             | Action::MigrationRead
             | Action::SettingsRead
-            | Action::ImageRead => Level::Read,
+            | Action::ImageRead
+            | Action::EventRead => Level::Read,
             Action::KvWrite
             | Action::NodeCordon
             | Action::NodeMaintenance
@@ -104,7 +113,11 @@ impl Action {
             | Action::MigrationCancel
             | Action::ImageImport
             | Action::ImageDelete => Level::Operate,
-            Action::MemberAdd | Action::MemberRemove | Action::SettingsWrite => Level::Administer,
+            Action::MemberAdd
+            | Action::MemberRemove
+            | Action::SettingsWrite
+            | Action::TokenRead
+            | Action::TokenWrite => Level::Administer,
             Action::Internal => Level::Member,
         }
     }
@@ -134,6 +147,9 @@ impl Action {
             Action::ImageRead => "image.read",
             Action::ImageImport => "image.import",
             Action::ImageDelete => "image.delete",
+            Action::EventRead => "event.read",
+            Action::TokenRead => "token.read",
+            Action::TokenWrite => "token.write",
             Action::Internal => "internal",
         }
     }
@@ -154,6 +170,7 @@ impl Action {
             Command::MigrationCancel { .. } => Action::MigrationCancel,
             Command::SettingSet { .. } => Action::SettingsWrite,
             Command::ImageDelete { .. } => Action::ImageDelete,
+            Command::TokenCreate { .. } | Command::TokenRevoke { .. } => Action::TokenWrite,
             // What agents and the leader propose: never a person's.
             Command::NodeRegister { .. }
             | Command::VmPlace { .. }
@@ -186,6 +203,8 @@ impl Action {
             Query::Settings => Action::SettingsRead,
             Query::MigrationList { .. } | Query::MigrationGet { .. } => Action::MigrationRead,
             Query::Images => Action::ImageRead,
+            Query::Events { .. } => Action::EventRead,
+            Query::Tokens => Action::TokenRead,
         }
     }
 }
@@ -271,6 +290,9 @@ mod tests {
             (A::ImageRead, true, true, true, true),
             (A::ImageImport, false, true, true, true),
             (A::ImageDelete, false, true, true, true),
+            (A::EventRead, true, true, true, true),
+            (A::TokenRead, false, false, true, true),
+            (A::TokenWrite, false, false, true, true),
             (A::Internal, false, false, false, true),
         ];
         assert_eq!(

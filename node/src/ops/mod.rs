@@ -11,6 +11,7 @@
 //!    HTTP status, CLI exit code).
 
 pub mod auth;
+pub mod tokens;
 
 use std::sync::Arc;
 

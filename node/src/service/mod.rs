@@ -4,21 +4,25 @@
 //! cluster logic lives here.
 
 mod cluster;
+pub(crate) mod events;
 mod images;
 mod kv;
 mod migrations;
 mod nodes;
 mod raft;
 mod settings;
+mod tokens;
 mod vms;
 
 pub use cluster::ClusterService;
+pub use events::EventsService;
 pub use images::ImagesService;
 pub use kv::KvService;
 pub use migrations::MigrationsService;
 pub use nodes::NodesService;
 pub use raft::RaftService;
 pub use settings::SettingsService;
+pub use tokens::TokensService;
 pub use vms::VmsService;
 
 use paddock_api::certs::{peer_identity, PeerIdentity};
@@ -94,9 +98,18 @@ fn authorized<T>(request: &Request<T>, action: Action) -> Result<PeerIdentity, S
     Ok(who)
 }
 
+/// An identity the HTTPS API verified, carried into these services in process.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub PeerIdentity);
+
 /// The verified identity of the caller. tonic has already checked the certificate chain
 /// against the cluster CA; this reads name and role from it.
 fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+    // A request of the HTTPS API, authenticated there (client certificate or bearer token)
+    // and handed to this service in process: extensions never come off the wire.
+    if let Some(Authenticated(who)) = request.extensions().get::<Authenticated>() {
+        return Ok(who.clone());
+    }
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("a client certificate of the cluster CA is required")
     })?;
