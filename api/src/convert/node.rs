@@ -28,6 +28,7 @@ pub fn node_info(entry: NodeEntry, members: &BTreeMap<String, Member>) -> pb::No
         vms,
         driver: node.driver,
         name: node.name,
+        heard_ms_ago: None,
     }
 }
 

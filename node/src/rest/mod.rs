@@ -21,7 +21,7 @@ mod kv;
 mod migrations;
 mod nodes;
 pub mod problem;
-mod vms;
+pub mod vms;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -31,8 +31,9 @@ impl NodesService {
         let heartbeat = self.shared.read().state.settings.heartbeat_ms;
         let now = std::time::Instant::now();
         for node in nodes {
+            let silent = self.heard.silent_for(&node.name, metrics.current_term, now);
+            node.heard_ms_ago = Some(silent.as_millis() as u64);
             if matches!(node.state.as_str(), "ready" | "cordoned") {
-                let silent = self.heard.silent_for(&node.name, metrics.current_term, now);
                 if silent.as_millis() as u64 > 2 * heartbeat {
                     node.state = "suspect".into();
                 }
