@@ -32,6 +32,9 @@ pub enum DevCommand {
         /// tiny Linux test guest to boot. paddockd must be built with the libvirt feature.
         #[arg(long)]
         libvirt: bool,
+        /// A flag for every paddockd, e.g. --paddockd-arg=--memvm-fill=64MiB; repeatable.
+        #[arg(long = "paddockd-arg", allow_hyphen_values = true)]
+        paddockd_args: Vec<String>,
     },
     /// Stop a cluster started with `dev up --detach`.
     Down {
@@ -53,7 +56,19 @@ pub async fn run(command: DevCommand) -> Result<(), Failure> {
             storage,
             detach,
             libvirt,
-        } => up(nodes, &dir, base_port, storage, detach, libvirt).await,
+            paddockd_args,
+        } => {
+            up(
+                nodes,
+                &dir,
+                base_port,
+                storage,
+                detach,
+                libvirt,
+                paddockd_args,
+            )
+            .await
+        }
         DevCommand::Down { dir } => down(&dir),
     }
 }
@@ -65,6 +80,7 @@ async fn up(
     storage: String,
     detach: bool,
     libvirt: bool,
+    paddockd_args: Vec<String>,
 ) -> Result<(), Failure> {
     if !(1..=7).contains(&nodes) {
         return Err(Failure::new(
@@ -86,7 +102,7 @@ async fn up(
     let mut spec = LocalClusterSpec {
         nodes,
         base_port: Some(base_port),
-        extra_args: vec!["--storage".into(), storage],
+        extra_args: [vec!["--storage".into(), storage], paddockd_args].concat(),
         hosts: Vec::new(),
     };
     // Real VMs: libvirt hosts for the nodes, torn down when this command ends.

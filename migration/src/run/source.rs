@@ -45,8 +45,6 @@ enum SrcInput {
     StreamDone {
         round: u32,
         data_pages: u64,
-        bytes: u64,
-        memory: u64,
         zero: u64,
         xor: u64,
     },
@@ -335,6 +333,7 @@ impl SourceRun {
                 digest: digest.clone(),
                 out: self.inputs.clone(),
                 crcs: Vec::new(),
+                progress: self.progress.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("migrate-stream-{i}"))
@@ -375,14 +374,11 @@ impl SourceRun {
             SrcInput::StreamDone {
                 round,
                 data_pages,
-                bytes,
-                memory,
                 zero,
                 xor,
             } => {
+                // Bytes and memory were counted by the stream as it sent them.
                 set(&self.progress, |p| {
-                    p.bytes_sent += bytes;
-                    p.memory_sent += memory;
                     p.zero_pages += zero;
                     p.xor_pages += xor;
                 });
@@ -627,6 +623,9 @@ struct StreamWorker {
     digest: Arc<Mutex<PageDigest>>,
     out: Sender<SrcInput>,
     crcs: Vec<(u32, u32)>,
+    /// The migration's live figures: bytes and memory sent are added chunk by chunk, so
+    /// progress moves during a round (a first round is most of a migration).
+    progress: Arc<Mutex<Progress>>,
 }
 
 impl StreamWorker {
@@ -673,7 +672,7 @@ impl StreamWorker {
         pages: &mut Vec<u8>,
         frame: &mut Vec<u8>,
     ) -> Result<(), wire::WireError> {
-        let (mut bytes, mut memory, mut data_pages, mut zero, mut xor) = (0, 0, 0, 0, 0);
+        let (mut data_pages, mut zero, mut xor) = (0, 0, 0);
         for index in (self.index..self.chunks).step_by(self.streams) {
             let taken = self.guest.take_chunk(index, pages);
             if taken.mask == 0 {
@@ -689,19 +688,22 @@ impl StreamWorker {
                 &mut self.crcs,
             )?;
             record_digest(&self.digest, index, taken, &self.crcs);
-            bytes += self.send_frame(frame)?;
-            memory += stats.pages * PAGE as u64;
+            let sent = self.send_frame(frame)?;
+            let chunk_memory = stats.pages * PAGE as u64;
+            set(&self.progress, |p| {
+                p.bytes_sent += sent;
+                p.memory_sent += chunk_memory;
+            });
             data_pages += stats.pages - stats.zero;
             zero += stats.zero;
             xor += stats.xor;
         }
-        bytes += self.send(&Msg::RoundEnd { round }, frame)?;
+        let end = self.send(&Msg::RoundEnd { round }, frame)?;
+        set(&self.progress, |p| p.bytes_sent += end);
         self.conn.flush()?;
         let _ = self.out.send(SrcInput::StreamDone {
             round,
             data_pages,
-            bytes,
-            memory,
             zero,
             xor,
         });

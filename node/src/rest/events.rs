@@ -44,7 +44,7 @@ pub struct EventParams {
 /// (event `paddock`, `id` = sequence number, data = the event as JSON; a comment every 15 s
 /// keeps proxies from closing it).
 #[utoipa::path(get, path = "/events", tag = "events", params(EventParams,
-        ("Last-Event-ID" = Option<u64>, Header, description = "resume a stream after this number")),
+        ("Last-Event-ID" = Option<String>, Header, description = "resume a stream after this number (what an EventSource sends back; ignored unless a number)")),
     responses((status = 200, content(
         (pb::EventsPage = "application/json"),
         (String = "text/event-stream")))))]
@@ -54,16 +54,21 @@ async fn events(
     headers: HeaderMap,
     Params(params): Params<EventParams>,
 ) -> Result<Response, Problem> {
-    let last_event_id = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Problem::bad_request("Last-Event-ID must be an event number"))?,
-        ),
-        None => None,
-    };
+    // An EventSource sends back the last id it saw; one that is not a number is ignored.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    // Numbers are int64 in the document (and far below its end in any cluster).
+    if [last_event_id, params.since]
+        .into_iter()
+        .flatten()
+        .any(|n| n > i64::MAX as u64)
+    {
+        return Err(Problem::bad_request(
+            "since must be an event number below 2^63",
+        ));
+    }
     let limit = params.limit.unwrap_or(1000);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::invalid(format!(

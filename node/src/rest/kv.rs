@@ -66,6 +66,7 @@ async fn list(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct KeyParams {
+    #[param(min_length = 1)]
     pub key: String,
     #[serde(default)]
     pub stale: bool,
@@ -73,6 +74,7 @@ pub struct KeyParams {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Entry {
+    #[schema(min_length = 1, max_length = 1024)]
     pub key: String,
     pub value: String,
 }
@@ -125,6 +127,7 @@ async fn put(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeleteParams {
+    #[param(min_length = 1)]
     pub key: String,
 }
 

@@ -117,6 +117,11 @@ impl From<axum::extract::rejection::JsonRejection> for Problem {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "send the body as JSON with Content-Type: application/json",
             ),
+            // Well-formed JSON of the wrong shape (a string for a number, 1.5 for a count).
+            J::JsonDataError(e) => Problem::invalid(format!(
+                "the JSON body does not fit the operation's schema: {}",
+                e.body_text()
+            )),
             other => {
                 Problem::bad_request(format!("the JSON body is not valid: {}", other.body_text()))
             }

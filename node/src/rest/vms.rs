@@ -59,6 +59,14 @@ pub struct VmPage {
 
 impl Api {
     pub async fn vm_page(&self, caller: &Caller, params: ListParams) -> Result<VmPage, Problem> {
+        // Empty filters are no filters (a form's "any" choice sends them empty).
+        let params = ListParams {
+            node: params.node.filter(|n| !n.is_empty()),
+            state: params.state.filter(|s| !s.is_empty()),
+            q: params.q.filter(|q| !q.is_empty()),
+            after: params.after.filter(|a| !a.is_empty()),
+            ..params
+        };
         let limit = params.limit.unwrap_or(100);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(Problem::invalid(format!(
@@ -261,12 +269,14 @@ pub struct MigrateBody {
     /// Destination node; absent: the leader picks one.
     pub to: Option<String>,
     /// auto, precopy or postcopy [default: auto].
+    #[schema(pattern = "^(auto|precopy|postcopy)$")]
     pub mode: Option<String>,
     /// Bytes per second; absent or 0: unlimited.
     pub bandwidth: u64,
     /// Longest acceptable pause at the switch [default: 100].
     pub max_downtime_ms: u64,
     /// 0–1000: which migrations go first.
+    #[schema(maximum = 1000)]
     pub priority: u32,
 }
 

@@ -42,7 +42,11 @@ struct Overview {
     migrations: Vec<pb::MigrationInfo>,
 }
 
-async fn gather(api: &Api, visitor: &Visitor, params: &OverviewParams) -> Result<Overview, Problem> {
+async fn gather(
+    api: &Api,
+    visitor: &Visitor,
+    params: &OverviewParams,
+) -> Result<Overview, Problem> {
     use paddock_api::pb::cluster_server::Cluster as _;
     use paddock_api::pb::settings_server::Settings as _;
     let caller = &visitor.caller;
@@ -86,7 +90,12 @@ fn recent_events(api: &Api, visitor: &Visitor) -> (Vec<ClusterEvent>, u64) {
     }
     let shared = api.ops.shared().read();
     let log = &shared.state.events;
-    let page = log.page(log.last_seq.saturating_sub(EVENTS_SHOWN), &[], None, EVENTS_SHOWN as u32);
+    let page = log.page(
+        log.last_seq.saturating_sub(EVENTS_SHOWN),
+        &[],
+        None,
+        EVENTS_SHOWN as u32,
+    );
     (page.events, page.last_seq)
 }
 
@@ -121,23 +130,31 @@ fn layout(title: &str, visitor: Option<&Visitor>, body: Markup) -> Markup {
 }
 
 pub fn login(error: Option<&str>) -> Markup {
-    layout("Log in", None, html! {
-        section.login {
-            h1 { "Log in" }
-            p { "Paste an API token (" code { "paddock token create NAME --role viewer|operator|admin" } "; " code { "paddock dev up" } " prints one)." }
-            @if let Some(error) = error { p.error { (error) } }
-            form method="post" action="/ui/login" {
-                input type="password" name="token" placeholder="pdk.NAME.SECRET" autofocus required;
-                button #login type="submit" { "Log in" }
+    layout(
+        "Log in",
+        None,
+        html! {
+            section.login {
+                h1 { "Log in" }
+                p { "Paste an API token (" code { "paddock token create NAME --role viewer|operator|admin" } "; " code { "paddock dev up" } " prints one)." }
+                @if let Some(error) = error { p.error { (error) } }
+                form method="post" action="/ui/login" {
+                    input type="password" name="token" placeholder="pdk.NAME.SECRET" autofocus required;
+                    button #login type="submit" { "Log in" }
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 pub fn problem_page(problem: &Problem) -> Markup {
-    layout("Error", None, html! {
-        section { h1 { (problem.title) } p.error { (problem.detail) } p { a href="/ui" { "Back to the overview" } } }
-    })
+    layout(
+        "Error",
+        None,
+        html! {
+            section { h1 { (problem.title) } p.error { (problem.detail) } p { a href="/ui" { "Back to the overview" } } }
+        },
+    )
 }
 
 pub async fn overview(
@@ -175,7 +192,12 @@ pub async fn overview_fragment(
 
 fn fragment_url(params: &OverviewParams) -> String {
     let mut url = String::from("/ui/fragment/overview?");
-    for (key, value) in [("q", &params.q), ("state", &params.state), ("node", &params.node), ("after", &params.after)] {
+    for (key, value) in [
+        ("q", &params.q),
+        ("state", &params.state),
+        ("node", &params.node),
+        ("after", &params.after),
+    ] {
         if !value.is_empty() {
             url.push_str(&format!("{key}={}&", encode(value)));
         }
@@ -196,17 +218,34 @@ fn encode(value: &str) -> String {
 
 /// The parts that change: reloaded by the script when events arrive.
 fn live(o: &Overview, visitor: &Visitor, params: &OverviewParams) -> Markup {
-    let voters: Vec<&pb::Member> = o.status.members.iter().filter(|m| m.role == "voter").collect();
+    let voters: Vec<&pb::Member> = o
+        .status
+        .members
+        .iter()
+        .filter(|m| m.role == "voter")
+        .collect();
     let reachable = voters.iter().filter(|m| m.reachable).count();
     let majority = voters.len() / 2 + 1;
     let quorum = if o.status.leader.is_empty() {
         ("bad", "no leader".to_string())
     } else if reachable >= majority && reachable < voters.len() {
-        ("warn", format!("{reachable}/{} voters reachable (quorum holds)", voters.len()))
+        (
+            "warn",
+            format!(
+                "{reachable}/{} voters reachable (quorum holds)",
+                voters.len()
+            ),
+        )
     } else if reachable >= majority {
-        ("ok", format!("{reachable}/{} voters reachable", voters.len()))
+        (
+            "ok",
+            format!("{reachable}/{} voters reachable", voters.len()),
+        )
     } else {
-        ("bad", format!("{reachable}/{} voters reachable: no quorum", voters.len()))
+        (
+            "bad",
+            format!("{reachable}/{} voters reachable: no quorum", voters.len()),
+        )
     };
     let open: Vec<&pb::MigrationInfo> = o.migrations.iter().filter(|m| m.ended_ms == 0).collect();
     let finished: Vec<&pb::MigrationInfo> = o
@@ -323,7 +362,12 @@ fn live(o: &Overview, visitor: &Visitor, params: &OverviewParams) -> Markup {
 }
 
 fn page_url(params: &OverviewParams, after: &str) -> String {
-    let mut url = format!("/ui?q={}&state={}&node={}", encode(&params.q), encode(&params.state), encode(&params.node));
+    let mut url = format!(
+        "/ui?q={}&state={}&node={}",
+        encode(&params.q),
+        encode(&params.state),
+        encode(&params.node)
+    );
     if !after.is_empty() {
         url.push_str(&format!("&after={}", encode(after)));
     }
@@ -346,8 +390,18 @@ fn vm_actions(name: &str, desired: &str, state: &str) -> Markup {
 }
 
 fn bar(used: u64, total: u64, unit: &str) -> Markup {
-    let percent = if total == 0 { 0.0 } else { used as f64 * 100.0 / total as f64 };
-    let class = if percent >= 90.0 { "bar bad" } else if percent >= 70.0 { "bar warn" } else { "bar" };
+    let percent = if total == 0 {
+        0.0
+    } else {
+        used as f64 * 100.0 / total as f64
+    };
+    let class = if percent >= 90.0 {
+        "bar bad"
+    } else if percent >= 70.0 {
+        "bar warn"
+    } else {
+        "bar"
+    };
     html! {
         div class=(class) title=(format!("{used}{unit} of {total}{unit}")) {
             div.fill style=(format!("width:{percent:.1}%")) {}
@@ -406,7 +460,11 @@ pub struct VmName {
     name: String,
 }
 
-pub async fn vm_page(State(api): State<Api>, visitor: Visitor, Segments(path): Segments<VmName>) -> Response {
+pub async fn vm_page(
+    State(api): State<Api>,
+    visitor: Visitor,
+    Segments(path): Segments<VmName>,
+) -> Response {
     let vm = match api.vm_detail(&visitor.caller, &path.name, false).await {
         Ok(vm) => vm,
         Err(problem) => return failed(problem),
