@@ -156,6 +156,12 @@ pub async fn run(
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     let heard = Arc::new(Heard::default());
+    metrics.attach(shared.clone(), heard.clone());
+    tokio::spawn(crate::metrics::follow(
+        metrics.clone(),
+        raft.clone(),
+        shared.clone(),
+    ));
     let quorum_fresh_ms = config.election_min.as_millis() as u64;
     let raft_service = pb::raft_server::RaftServer::new(RaftService {
         raft: raft.clone(),

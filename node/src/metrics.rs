@@ -33,6 +33,83 @@ pub struct NodeMetrics {
     pub api_requests: Family<ApiLabels, Counter>,
     /// HTTPS API time to the response head.
     pub api_seconds: Histogram,
+    /// What the replicated state shows, refreshed at each scrape.
+    pub state: StateMetrics,
+    /// What this node saw being applied since it started ([`follow`]).
+    pub applied: AppliedMetrics,
+    /// The replica and the leader's heartbeat memory, once the daemon has them.
+    context: std::sync::OnceLock<(
+        paddock_raft::SharedState,
+        std::sync::Arc<crate::liveness::Heard>,
+    )>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeResource {
+    pub node: String,
+    pub resource: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeState {
+    pub node: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Gauges read off the replica at scrape time.
+#[derive(Default)]
+pub struct StateMetrics {
+    pub node_capacity: Family<NodeResource, Gauge>,
+    pub node_allocated: Family<NodeResource, Gauge>,
+    pub node_state: Family<NodeState, Gauge>,
+    pub node_heartbeat_age: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub vms: Family<NodeState, Gauge>,
+    pub migrations_active: Gauge,
+    pub snapshot_index: Gauge,
+    pub purged_index: Gauge,
+    pub events_last_seq: Gauge,
+}
+
+/// Counters and histograms of what this node applied (every replica applies the same log, so
+/// every node counts the same; aggregate with `max`, not `sum`).
+pub struct AppliedMetrics {
+    pub events: Family<KindLabel, Counter>,
+    pub leader_changes: Counter,
+    pub migrations_ended: Family<OutcomeLabel, Counter>,
+    pub migration_bytes: Counter,
+    pub migration_seconds: Histogram,
+    pub migration_downtime_seconds: Histogram,
+    /// From a node declared down to each of its HA VMs running elsewhere.
+    pub recovery_seconds: Histogram,
+}
+
+impl Default for AppliedMetrics {
+    fn default() -> Self {
+        AppliedMetrics {
+            events: Family::default(),
+            leader_changes: Counter::default(),
+            migrations_ended: Family::default(),
+            migration_bytes: Counter::default(),
+            migration_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 12)),
+            migration_downtime_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            recovery_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,7 +182,85 @@ impl NodeMetrics {
             "HTTPS API time to the response head",
             api_seconds.clone(),
         );
+        let state = StateMetrics::default();
+        let applied = AppliedMetrics::default();
+        let r = &mut registry;
+        r.register(
+            "node_capacity",
+            "What a node offers, by resource (cpus, memory_mib, disk_mib)",
+            state.node_capacity.clone(),
+        );
+        r.register(
+            "node_allocated",
+            "What a node's VMs reserve, by resource",
+            state.node_allocated.clone(),
+        );
+        r.register("node_state", "1 for the state each node is in (ready, cordoned, maintenance, draining, drained, down)", state.node_state.clone());
+        r.register(
+            "node_heartbeat_age_seconds",
+            "Time since the leader last heard each node (leader only)",
+            state.node_heartbeat_age.clone(),
+        );
+        r.register(
+            "vms",
+            "VMs by observed state and node (node \"\" while unplaced)",
+            state.vms.clone(),
+        );
+        r.register(
+            "migrations_active",
+            "Migrations not yet ended",
+            state.migrations_active.clone(),
+        );
+        r.register(
+            "raft_snapshot_index",
+            "Last log index in this node's latest snapshot",
+            state.snapshot_index.clone(),
+        );
+        r.register(
+            "raft_purged_index",
+            "Log entries up to here are compacted away on this node",
+            state.purged_index.clone(),
+        );
+        r.register(
+            "events_last_seq",
+            "Number of the last cluster event applied here",
+            state.events_last_seq.clone(),
+        );
+        r.register("events", "Cluster events applied here since start, by kind (node.down counts fencings, vm.recovery HA decisions)", applied.events.clone());
+        r.register(
+            "raft_leader_changes",
+            "Leader changes applied here since start",
+            applied.leader_changes.clone(),
+        );
+        r.register(
+            "migrations_ended",
+            "Migrations ended since start, by outcome",
+            applied.migrations_ended.clone(),
+        );
+        r.register(
+            "migration_bytes",
+            "Bytes on the wire of migrations ended since start",
+            applied.migration_bytes.clone(),
+        );
+        r.register(
+            "migration_duration_seconds",
+            "Duration of ended migrations",
+            applied.migration_seconds.clone(),
+        );
+        r.register(
+            "migration_downtime_seconds",
+            "Guest pause at the switch of completed migrations",
+            applied.migration_downtime_seconds.clone(),
+        );
+        r.register(
+            "ha_recovery_seconds",
+            "From a node declared down to each of its HA VMs running elsewhere",
+            applied.recovery_seconds.clone(),
+        );
         NodeMetrics {
+            state,
+            applied,
+            context: std::sync::OnceLock::new(),
             api_requests,
             api_seconds,
             registry,
@@ -148,10 +303,101 @@ impl NodeMetrics {
             .set(metrics.last_applied.map_or(0, |l| l.index) as i64);
         self.members
             .set(metrics.membership_config.membership().nodes().count() as i64);
+        self.state
+            .snapshot_index
+            .set(metrics.snapshot.map_or(0, |l| l.index) as i64);
+        self.state
+            .purged_index
+            .set(metrics.purged.map_or(0, |l| l.index) as i64);
+        if let Some((shared, heard)) = self.context.get() {
+            let leading = metrics.current_leader == Some(metrics.id);
+            self.read_state(
+                shared,
+                leading.then_some((heard.as_ref(), metrics.current_term)),
+            );
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| format!("encoding metrics: {e}\n"))?;
         Ok(text)
+    }
+
+    /// Gives the scrape the replica and the leader's heartbeat memory.
+    pub fn attach(
+        &self,
+        shared: paddock_raft::SharedState,
+        heard: std::sync::Arc<crate::liveness::Heard>,
+    ) {
+        let _ = self.context.set((shared, heard));
+    }
+
+    fn read_state(
+        &self,
+        shared: &paddock_raft::SharedState,
+        leader: Option<(&crate::liveness::Heard, u64)>,
+    ) {
+        let applied = shared.read();
+        let state = &applied.state;
+        let m = &self.state;
+        m.node_capacity.clear();
+        m.node_allocated.clear();
+        m.node_state.clear();
+        m.node_heartbeat_age.clear();
+        m.vms.clear();
+        let now = std::time::Instant::now();
+        for node in state.nodes.values() {
+            for (resource, capacity, allocated) in [
+                (
+                    "cpus",
+                    u64::from(node.capacity.cpus),
+                    u64::from(node.allocated.cpus),
+                ),
+                (
+                    "memory_mib",
+                    node.capacity.memory_mib,
+                    node.allocated.memory_mib,
+                ),
+                ("disk_mib", node.capacity.disk_mib, node.allocated.disk_mib),
+            ] {
+                let labels = NodeResource {
+                    node: node.name.clone(),
+                    resource,
+                };
+                m.node_capacity.get_or_create(&labels).set(capacity as i64);
+                m.node_allocated
+                    .get_or_create(&labels)
+                    .set(allocated as i64);
+            }
+            m.node_state
+                .get_or_create(&NodeState {
+                    node: node.name.clone(),
+                    state: node.state_name().to_string(),
+                })
+                .set(1);
+            if let Some((heard, term)) = leader {
+                m.node_heartbeat_age
+                    .get_or_create(&NodeLabel {
+                        node: node.name.clone(),
+                    })
+                    .set(heard.silent_for(&node.name, term, now).as_secs_f64());
+            }
+        }
+        for vm in state.vms.values() {
+            m.vms
+                .get_or_create(&NodeState {
+                    node: vm.node().unwrap_or_default().to_string(),
+                    state: vm.observed.name().to_string(),
+                })
+                .inc();
+        }
+        m.migrations_active.set(
+            state
+                .migrations
+                .values()
+                .filter(|mig| mig.ended_ms.is_none())
+                .count() as i64,
+        );
+        m.events_last_seq.set(state.events.last_seq as i64);
     }
 
     pub fn count_write(&self, result: &'static str) {
@@ -162,5 +408,106 @@ impl NodeMetrics {
 impl Default for NodeMetrics {
     fn default() -> Self {
         NodeMetrics::new()
+    }
+}
+
+/// Counts what this node applies: events by kind, leader changes, ended migrations with their
+/// figures, and HA recoveries (a node declared down, then each of its HA VMs running
+/// elsewhere). Runs for the life of the daemon.
+pub async fn follow(
+    metrics: std::sync::Arc<NodeMetrics>,
+    raft: paddock_raft::Raft,
+    shared: paddock_raft::SharedState,
+) {
+    use paddock_model::events::EventKind;
+    let mut changes = raft.metrics();
+    let mut after = shared.read().state.events.last_seq;
+    let mut ended: std::collections::BTreeSet<u64> = shared
+        .read()
+        .state
+        .migrations
+        .values()
+        .filter(|m| m.ended_ms.is_some())
+        .map(|m| m.id)
+        .collect();
+    // VM -> when its node was declared down (while it is being recovered).
+    let mut recovering: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    loop {
+        {
+            let applied = shared.read();
+            let state = &applied.state;
+            let page =
+                state
+                    .events
+                    .page(after, &[], None, paddock_model::events::MAX_EVENTS_PER_READ);
+            for e in &page.events {
+                metrics
+                    .applied
+                    .events
+                    .get_or_create(&KindLabel {
+                        kind: e.kind.name().to_string(),
+                    })
+                    .inc();
+                match e.kind {
+                    EventKind::LeaderChanged => {
+                        metrics.applied.leader_changes.inc();
+                    }
+                    EventKind::VmRecovery if e.message.contains("placing it elsewhere") => {
+                        recovering.insert(e.subject.clone(), e.at_ms);
+                    }
+                    EventKind::VmState if e.message.starts_with("running on") => {
+                        if let Some(since) = recovering.remove(&e.subject) {
+                            metrics
+                                .applied
+                                .recovery_seconds
+                                .observe(e.at_ms.saturating_sub(since) as f64 / 1000.0);
+                        }
+                    }
+                    EventKind::VmDeleted => {
+                        recovering.remove(&e.subject);
+                    }
+                    _ => {}
+                }
+            }
+            after = page
+                .events
+                .last()
+                .map_or(page.last_seq, |e| e.seq)
+                .max(after);
+            for m in state.migrations.values() {
+                if m.ended_ms.is_none() || !ended.insert(m.id) {
+                    continue;
+                }
+                metrics
+                    .applied
+                    .migrations_ended
+                    .get_or_create(&OutcomeLabel {
+                        outcome: m.phase.name().to_string(),
+                    })
+                    .inc();
+                metrics
+                    .applied
+                    .migration_bytes
+                    .inc_by(m.figures.bytes_transferred);
+                metrics
+                    .applied
+                    .migration_seconds
+                    .observe(m.figures.total_ms as f64 / 1000.0);
+                if let Some(downtime) = m.figures.downtime_ms {
+                    metrics
+                        .applied
+                        .migration_downtime_seconds
+                        .observe(downtime as f64 / 1000.0);
+                }
+            }
+            // Forget migrations pruned from the state.
+            ended.retain(|id| state.migrations.contains_key(id));
+            if page.events.len() as u32 == paddock_model::events::MAX_EVENTS_PER_READ {
+                continue;
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
