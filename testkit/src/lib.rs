@@ -10,6 +10,7 @@
 //!
 //! It talks to nodes only through the api crate, like the CLI.
 
+pub mod https;
 pub mod libvirt_hosts;
 pub mod local_cluster;
 pub mod memvm;
