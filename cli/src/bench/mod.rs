@@ -1,6 +1,7 @@
 //! `paddock bench`: benchmarks on a fresh local cluster of real `paddockd` processes (gRPC,
 //! mutual TLS, fsync on). Figures go to docs/benchmarks.md; nothing here asserts a time.
 
+mod api;
 mod libvirt;
 mod migration;
 
@@ -16,6 +17,24 @@ use paddock_testkit::local_cluster::{find_paddockd, LocalCluster, LocalClusterSp
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The HTTPS API and dashboard with many VMs and nodes: list latency from a follower, the
+    /// dashboard's first page, SSE delivery to many followers, writes/s HTTPS vs gRPC.
+    Api {
+        #[arg(long, default_value_t = 10_000)]
+        vms: usize,
+        /// Nodes registered besides the 3 paddockd (silent: they show as down).
+        #[arg(long, default_value_t = 97)]
+        extra_nodes: usize,
+        /// SSE clients following the event stream.
+        #[arg(long, default_value_t = 50)]
+        followers: usize,
+        /// Concurrent writers for the HTTPS vs gRPC comparison.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Measured time of each write round.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
     /// Committed writes/s and latency at several client counts.
     Writes {
         /// Concurrent clients per round, comma-separated.
@@ -108,6 +127,13 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand) -> Result<(), Failure> {
     match command {
+        BenchCommand::Api {
+            vms,
+            extra_nodes,
+            followers,
+            clients,
+            duration,
+        } => api::run(vms, extra_nodes, followers, clients, duration).await,
         BenchCommand::Writes {
             clients,
             duration,

@@ -28,15 +28,15 @@ pub fn routes() -> OpenApiRouter<Api> {
 }
 
 /// Most VMs one page holds.
-pub const MAX_PAGE: u32 = 1000;
+pub const MAX_PAGE: u32 = 10_000;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// VMs after this name (the `next` of the previous page).
     pub after: Option<String>,
-    /// VMs per page, 1–1000 [default: 100].
-    #[param(minimum = 1, maximum = 1000)]
+    /// VMs per page, 1–10000 [default: 100].
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// Only VMs assigned to this node.
     pub node: Option<String>,
