@@ -281,6 +281,10 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    // Every listener is bound and served: ready for systemd (Type=notify).
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd this node is ready");
+    }
     tracing::info!(
         name = %config.name,
         listen = %config.listen,
@@ -375,6 +379,7 @@ pub async fn run(
 
     stop.await;
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     hand_over_leadership(&raft, &proposer).await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not stop cleanly");

@@ -3,7 +3,6 @@
 //! followers, and writes/s over HTTPS next to the same writes over gRPC, in one run.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paddock_api::pb;
@@ -152,7 +151,8 @@ pub async fn run(
     // 3. Event delivery: `followers` SSE clients spread over the nodes; each created VM is one
     // event; latency from the create's acknowledgement (committed and applied on the leader)
     // to its arrival at each follower.
-    let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Per VM: when its create was sent, and when it was acknowledged.
+    let mut sent: HashMap<String, (Instant, Instant)> = HashMap::new();
     let last_seq = client
         .events(pb::EventsRequest {
             after: u64::MAX,
@@ -170,7 +170,6 @@ pub async fn run(
                 None,
             )
             .await?;
-        let acked = acked.clone();
         listeners.push(tokio::spawn(async move {
             let mut arrived: Vec<(String, Instant)> = Vec::new();
             while arrived.len() < events_per_run {
@@ -185,11 +184,7 @@ pub async fn run(
                     _ => break,
                 }
             }
-            let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
             arrived
-                .into_iter()
-                .filter_map(|(s, at)| acked.get(&s).map(|ack| at.saturating_duration_since(*ack)))
-                .collect::<Vec<_>>()
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -200,20 +195,28 @@ pub async fn run(
     };
     for i in 0..events_per_run {
         let name = format!("sse-{i:04}");
+        let start = Instant::now();
         client.vm_create(&name, spec.clone(), true).await?;
-        if let Ok(mut a) = acked.lock() {
-            a.insert(name, Instant::now());
-        }
+        sent.insert(name, (start, Instant::now()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut latencies = Vec::new();
+    let (mut from_request, mut after_ack, mut before_ack) = (Vec::new(), Vec::new(), 0);
     for l in listeners {
-        latencies.extend(l.await?);
+        for (subject, at) in l.await? {
+            if let Some((start, ack)) = sent.get(&subject) {
+                from_request.push(at.saturating_duration_since(*start));
+                if at < *ack {
+                    before_ack += 1;
+                }
+                after_ack.push(at.saturating_duration_since(*ack));
+            }
+        }
     }
     println!(
         "{}",
         json!({"bench": "sse-delivery", "followers": followers, "events": events_per_run,
-        "deliveries": latencies.len(), "after_ack": stats(latencies)})
+        "deliveries": from_request.len(), "arrived_before_the_writer_had_its_ack": before_ack,
+        "from_request": stats(from_request), "after_ack": stats(after_ack)})
     );
 
     // 4. Writes/s at `clients` concurrent clients: HTTPS PUT /kv/entry vs gRPC Kv.Put, each

@@ -102,15 +102,12 @@ pub async fn run(args: EventsArgs, global: &Global) -> Result<(), Failure> {
     // number printed: numbers are the same on every node, nothing committed is missed.
     loop {
         match client.events_follow(request.clone()).await {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(event)) => {
-                        request.after = event.seq;
-                        print(&event, global.output);
-                    }
-                    Ok(None) | Err(_) => break,
+            Ok(mut stream) => {
+                while let Ok(Some(event)) = stream.message().await {
+                    request.after = event.seq;
+                    print(&event, global.output);
                 }
-            },
+            }
             Err(e) => {
                 if !matches!(
                     e,

@@ -33,10 +33,10 @@ impl NodesService {
         for node in nodes {
             let silent = self.heard.silent_for(&node.name, metrics.current_term, now);
             node.heard_ms_ago = Some(silent.as_millis() as u64);
-            if matches!(node.state.as_str(), "ready" | "cordoned") {
-                if silent.as_millis() as u64 > 2 * heartbeat {
-                    node.state = "suspect".into();
-                }
+            if matches!(node.state.as_str(), "ready" | "cordoned")
+                && silent.as_millis() as u64 > 2 * heartbeat
+            {
+                node.state = "suspect".into();
             }
         }
     }
