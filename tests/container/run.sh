@@ -14,7 +14,12 @@ target="$(rustc -vV | sed -n 's/^host: //p')"
 cli="$root/target/$target/release/paddock"
 work="$(mktemp -d /tmp/paddock-compose.XXXXXX)"
 cp "$root/packaging/container/compose.yaml" "$work/"
-compose() { docker compose -f "$work/compose.yaml" -p paddock-ci "$@"; }
+# Docker's compose plugin, or Debian's docker-compose.
+if docker compose version >/dev/null 2>&1; then
+    compose() { docker compose -f "$work/compose.yaml" -p paddock-ci "$@"; }
+else
+    compose() { docker-compose -f "$work/compose.yaml" -p paddock-ci "$@"; }
+fi
 trap 'compose down -v >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 "$cli" certs init --dir "$work/certs" >/dev/null
 for i in 1 2 3; do "$cli" certs node "n$i" --dir "$work/certs" --host "172.28.5.1$i" >/dev/null; done
@@ -37,7 +42,7 @@ first="$(wait_leader none)"
 echo "leader: $first"
 "$cli" kv put before-kill 1 >/dev/null
 "$cli" vm create c1 --cpus 1 --memory 32MiB --ha --wait >/dev/null
-docker kill "paddock-ci-$first-1" >/dev/null
+compose kill "$first" >/dev/null 2>&1
 echo "killed the container of $first"
 second="$(wait_leader "$first")"
 echo "new leader: $second"
