@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -299,11 +299,6 @@ pub async fn serve(
                 .await;
         });
     }
-}
-
-/// `Json` for an answer built in place.
-pub fn json<T: serde::Serialize>(value: T) -> Json<T> {
-    Json(value)
 }
 
 #[cfg(test)]
