@@ -117,6 +117,9 @@ pub async fn run(
                 config.data_dir.display()
             )
         })?;
+    let metrics = Arc::new(NodeMetrics::new());
+    let appends = metrics.append_seconds.clone();
+    log_store.observe_appends(Arc::new(move |took| appends.observe(took.as_secs_f64())));
     let state_machine = StateMachine::open(&config.data_dir.join("snapshots"))?;
     let shared = state_machine.shared();
     let routes = paddock_raft::network::Routes::new(config.routes.clone());
@@ -144,7 +147,6 @@ pub async fn run(
     .await
     .context("cannot start Raft")?;
 
-    let metrics = Arc::new(NodeMetrics::new());
     let proposer = Proposer::new(
         raft.clone(),
         node_id,
@@ -156,7 +158,11 @@ pub async fn run(
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     let heard = Arc::new(Heard::default());
-    metrics.attach(shared.clone(), heard.clone());
+    metrics.attach(
+        shared.clone(),
+        heard.clone(),
+        config.data_dir.join("snapshots"),
+    );
     tokio::spawn(crate::metrics::follow(
         metrics.clone(),
         raft.clone(),

@@ -29,6 +29,12 @@ pub struct NodeMetrics {
     pub batch_size: Histogram,
     /// Time from a write reaching the leader's batcher to its commit and apply.
     pub commit_seconds: Histogram,
+    /// Writes waiting in the leader's batcher for a free proposal slot.
+    pub proposer_queue: Gauge,
+    /// Proposals (log entries) on their way through Raft from this leader.
+    pub proposals_in_flight: Gauge,
+    /// Time from a Raft log append on this node to its entries being durable (fsync).
+    pub append_seconds: Histogram,
     /// HTTPS API requests by method and status.
     pub api_requests: Family<ApiLabels, Counter>,
     /// HTTPS API time to the response head.
@@ -37,10 +43,12 @@ pub struct NodeMetrics {
     pub state: StateMetrics,
     /// What this node saw being applied since it started ([`follow`]).
     pub applied: AppliedMetrics,
-    /// The replica and the leader's heartbeat memory, once the daemon has them.
+    /// The replica, the leader's heartbeat memory and the snapshot directory, once the
+    /// daemon has them.
     context: std::sync::OnceLock<(
         paddock_raft::SharedState,
         std::sync::Arc<crate::liveness::Heard>,
+        std::path::PathBuf,
     )>,
 }
 
@@ -81,6 +89,7 @@ pub struct StateMetrics {
     pub vms: Family<NodeState, Gauge>,
     pub migrations_active: Gauge,
     pub snapshot_index: Gauge,
+    pub snapshot_bytes: Gauge,
     pub purged_index: Gauge,
     pub events_last_seq: Gauge,
 }
@@ -133,6 +142,9 @@ impl NodeMetrics {
         let forwarded = Counter::default();
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        let proposer_queue = Gauge::default();
+        let proposals_in_flight = Gauge::default();
+        let append_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register("raft_term", "Current Raft term", term.clone());
         registry.register(
             "raft_is_leader",
@@ -169,6 +181,21 @@ impl NodeMetrics {
             "commit_seconds",
             "Leader-side write commit latency",
             commit_seconds.clone(),
+        );
+        registry.register(
+            "proposer_queue_depth",
+            "Writes waiting in the leader's batcher for a proposal slot",
+            proposer_queue.clone(),
+        );
+        registry.register(
+            "proposals_in_flight",
+            "Log entries proposed by this leader and not yet applied",
+            proposals_in_flight.clone(),
+        );
+        registry.register(
+            "raft_append_seconds",
+            "Raft log append on this node until durable (fsync)",
+            append_seconds.clone(),
         );
         let api_requests = Family::<ApiLabels, Counter>::default();
         let api_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
@@ -215,6 +242,11 @@ impl NodeMetrics {
             "raft_snapshot_index",
             "Last log index in this node's latest snapshot",
             state.snapshot_index.clone(),
+        );
+        r.register(
+            "raft_snapshot_bytes",
+            "Size of this node's latest snapshot file",
+            state.snapshot_bytes.clone(),
         );
         r.register(
             "raft_purged_index",
@@ -273,6 +305,9 @@ impl NodeMetrics {
             forwarded,
             batch_size,
             commit_seconds,
+            proposer_queue,
+            proposals_in_flight,
+            append_seconds,
         }
     }
 
@@ -309,7 +344,10 @@ impl NodeMetrics {
         self.state
             .purged_index
             .set(metrics.purged.map_or(0, |l| l.index) as i64);
-        if let Some((shared, heard)) = self.context.get() {
+        if let Some((shared, heard, snapshots)) = self.context.get() {
+            if let Some(bytes) = paddock_raft::state_machine::snapshot_bytes(snapshots) {
+                self.state.snapshot_bytes.set(bytes as i64);
+            }
             let leading = metrics.current_leader == Some(metrics.id);
             self.read_state(
                 shared,
@@ -322,13 +360,14 @@ impl NodeMetrics {
         Ok(text)
     }
 
-    /// Gives the scrape the replica and the leader's heartbeat memory.
+    /// Gives the scrape the replica, the leader's heartbeat memory and the snapshot directory.
     pub fn attach(
         &self,
         shared: paddock_raft::SharedState,
         heard: std::sync::Arc<crate::liveness::Heard>,
+        snapshots: std::path::PathBuf,
     ) {
-        let _ = self.context.set((shared, heard));
+        let _ = self.context.set((shared, heard, snapshots));
     }
 
     fn read_state(

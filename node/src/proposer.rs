@@ -357,8 +357,13 @@ async fn run_batcher(
             }
         }
         metrics.batch_size.observe(batch.len() as f64);
+        metrics.proposer_queue.set(queue.len() as i64);
+        metrics
+            .proposals_in_flight
+            .set((MAX_IN_FLIGHT - slots.available_permits()) as i64);
         let raft = raft.clone();
         let metrics = metrics.clone();
+        let slots = slots.clone();
         tokio::spawn(async move {
             let proposal = Proposal {
                 at_ms: wall_clock_ms(),
@@ -399,6 +404,9 @@ async fn run_batcher(
                 }
             }
             drop(slot);
+            metrics
+                .proposals_in_flight
+                .set((MAX_IN_FLIGHT - slots.available_permits()) as i64);
         });
     }
 }

@@ -24,7 +24,7 @@ pub mod store;
 
 pub use network::Network;
 pub use state_machine::{Applied, SharedState, StateMachine};
-pub use store::{open_store, LogStore, StorageKind};
+pub use store::{open_store, AppendObserver, LogStore, StorageKind};
 
 openraft::declare_raft_types!(
     /// The types Paddock's Raft runs on: a log entry carries a batch of client requests

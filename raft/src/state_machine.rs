@@ -106,6 +106,11 @@ impl StateMachine {
     }
 }
 
+/// Size in bytes of the latest snapshot file in `dir` (a state-machine directory), if any.
+pub fn snapshot_bytes(dir: &Path) -> Option<u64> {
+    std::fs::metadata(current_path(dir)).ok().map(|m| m.len())
+}
+
 fn current_path(dir: &Path) -> PathBuf {
     dir.join("current.snap")
 }

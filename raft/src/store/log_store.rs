@@ -3,7 +3,8 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
@@ -16,11 +17,15 @@ const META_VOTE: &str = "vote";
 const META_COMMITTED: &str = "committed";
 const META_PURGED: &str = "last_purged";
 
+/// Told, for every append, how long it took from the call to its entries being durable.
+pub type AppendObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 /// The Raft log, vote and commit index of one node.
 pub struct LogStore {
     backend: Arc<dyn Backend>,
-    /// Appends waiting for the flusher thread's next fsync.
-    flush_queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Appends waiting for the flusher thread's next fsync, with when each was asked for.
+    flush_queue: mpsc::Sender<(Instant, LogFlushed<TypeConfig>)>,
+    observer: Arc<OnceLock<AppendObserver>>,
 }
 
 /// Reads the log for replication, independently of the store's writer.
@@ -31,16 +36,24 @@ pub struct LogReader {
 
 impl LogStore {
     pub fn new(backend: Arc<dyn Backend>) -> LogStore {
-        let (flush_queue, pending) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (flush_queue, pending) = mpsc::channel();
         let flusher = backend.clone();
+        let observer = Arc::new(OnceLock::new());
+        let told = observer.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(flusher, pending))
+            .spawn(move || flush_loop(flusher, pending, told))
             .expect("spawning the log flusher thread");
         LogStore {
             backend,
             flush_queue,
+            observer,
         }
+    }
+
+    /// Sets who is told each append's latency to durability (the first call wins).
+    pub fn observe_appends(&self, observer: AppendObserver) {
+        let _ = self.observer.set(observer);
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -67,12 +80,19 @@ impl LogStore {
 /// Waits for appends, then makes all of them durable with one sync and acknowledges them.
 /// Every queued callback belongs to a write that finished before it was queued, so one sync
 /// after draining the queue covers all of them.
-fn flush_loop(backend: Arc<dyn Backend>, pending: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn flush_loop(
+    backend: Arc<dyn Backend>,
+    pending: mpsc::Receiver<(Instant, LogFlushed<TypeConfig>)>,
+    observer: Arc<OnceLock<AppendObserver>>,
+) {
     while let Ok(first) = pending.recv() {
         let mut batch = vec![first];
         batch.extend(pending.try_iter());
         let result = backend.sync();
-        for callback in batch {
+        for (asked, callback) in batch {
+            if let (Some(observe), Ok(())) = (observer.get(), &result) {
+                observe(asked.elapsed());
+            }
             let outcome = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -188,6 +208,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let asked = Instant::now();
         let rows = entries
             .into_iter()
             .map(|entry| {
@@ -200,7 +221,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write_entries(&rows)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         // The flusher acknowledges after its next sync. If it is gone the node is shutting down.
-        if let Err(mpsc::SendError(callback)) = self.flush_queue.send(callback) {
+        if let Err(mpsc::SendError((_, callback))) = self.flush_queue.send((asked, callback)) {
             callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
         }
         Ok(())

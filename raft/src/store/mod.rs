@@ -16,7 +16,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-pub use log_store::LogStore;
+pub use log_store::{AppendObserver, LogStore};
 pub use redb_backend::RedbBackend;
 pub use sled_backend::SledBackend;
 
