@@ -14,9 +14,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::pb::{
-    self, cluster_client::ClusterClient, events_client::EventsClient, kv_client::KvClient,
-    migrations_client::MigrationsClient, nodes_client::NodesClient,
-    settings_client::SettingsClient, tokens_client::TokensClient, vms_client::VmsClient,
+    self, access_client::AccessClient, audit_client::AuditClient, cluster_client::ClusterClient,
+    events_client::EventsClient, kv_client::KvClient, migrations_client::MigrationsClient,
+    nodes_client::NodesClient, settings_client::SettingsClient, tokens_client::TokensClient,
+    vms_client::VmsClient,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -773,11 +774,13 @@ impl Client {
         name: &str,
         role: &str,
         ttl_secs: u64,
+        scope: &str,
     ) -> Result<pb::TokenCreated, ClientError> {
         let request = pb::TokenCreateRequest {
             name: name.to_string(),
             role: role.to_string(),
             ttl_secs,
+            scope: scope.to_string(),
         };
         self.call(|channel| {
             let request = request.clone();
@@ -829,6 +832,109 @@ impl Client {
         self.call(|channel| {
             let request = request.clone();
             async move { EventsClient::new(channel).follow(request).await }
+        })
+        .await
+    }
+
+    pub async fn role_create(&mut self, name: &str, allow: Vec<String>) -> Result<(), ClientError> {
+        let request = pb::RoleCreateRequest {
+            name: name.to_string(),
+            allow,
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { AccessClient::new(channel).create_role(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn role_delete(&mut self, name: &str) -> Result<(), ClientError> {
+        let request = pb::RoleDeleteRequest {
+            name: name.to_string(),
+        };
+        self.call(|channel| {
+            let request = request.clone();
+            async move { AccessClient::new(channel).delete_role(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn roles(&mut self) -> Result<pb::RolesResponse, ClientError> {
+        self.call(
+            |channel| async move { AccessClient::new(channel).roles(pb::RolesRequest {}).await },
+        )
+        .await
+    }
+
+    /// Binds (`bind`) or unbinds a user to a role, optionally scoped (`KEY=VALUE`).
+    pub async fn user_binding(
+        &mut self,
+        bind: bool,
+        request: pb::BindRequest,
+    ) -> Result<(), ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move {
+                let mut client = AccessClient::new(channel);
+                if bind {
+                    client.bind(request).await
+                } else {
+                    client.unbind(request).await
+                }
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn users(&mut self) -> Result<Vec<pb::UserInfo>, ClientError> {
+        self.call(
+            |channel| async move { AccessClient::new(channel).users(pb::UsersRequest {}).await },
+        )
+        .await
+        .map(|r| r.users)
+    }
+
+    pub async fn whoami(&mut self) -> Result<pb::WhoAmIResponse, ClientError> {
+        self.call(|channel| async move {
+            AccessClient::new(channel)
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+        })
+        .await
+    }
+
+    pub async fn can(&mut self, request: pb::CanRequest) -> Result<pb::CanResponse, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move { AccessClient::new(channel).can(request).await }
+        })
+        .await
+    }
+
+    pub async fn audit_list(
+        &mut self,
+        request: pb::AuditListRequest,
+    ) -> Result<pb::AuditListResponse, ClientError> {
+        self.call(|channel| {
+            let request = request.clone();
+            async move { AuditClient::new(channel).list(request).await }
+        })
+        .await
+    }
+
+    /// The audit chain as the node answering recomputes it (use a client of one endpoint to
+    /// ask a given node).
+    pub async fn audit_verify(
+        &mut self,
+        upto: u64,
+    ) -> Result<pb::AuditVerifyResponse, ClientError> {
+        self.call(|channel| async move {
+            AuditClient::new(channel)
+                .verify(pb::AuditVerifyRequest { upto })
+                .await
         })
         .await
     }

@@ -65,6 +65,20 @@ enum Command {
     Token(paddock_cli::commands::token::TokenCommand),
     /// The cluster's event log (--follow to stream it).
     Events(paddock_cli::commands::events::EventsArgs),
+    /// Custom roles: what they allow.
+    #[command(subcommand)]
+    Role(paddock_cli::commands::access::RoleCommand),
+    /// Users (certificate names) and the roles bound to them.
+    #[command(subcommand)]
+    User(paddock_cli::commands::access::UserCommand),
+    /// Who you are to the cluster, and what you may do.
+    Whoami,
+    /// Explain a permission decision.
+    #[command(subcommand)]
+    Auth(paddock_cli::commands::access::AuthCommand),
+    /// The audit log: list, verify the hash chain across nodes.
+    #[command(subcommand)]
+    Audit(paddock_cli::commands::audit::AuditCommand),
     /// A local cluster on this machine.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -104,6 +118,11 @@ fn main() -> ExitCode {
             Command::Image(c) => commands::image::run(c, &global).await,
             Command::Token(c) => commands::token::run(c, &global).await,
             Command::Events(a) => commands::events::run(a, &global).await,
+            Command::Role(c) => commands::access::role(c, &global).await,
+            Command::User(c) => commands::access::user(c, &global).await,
+            Command::Whoami => commands::access::whoami(&global).await,
+            Command::Auth(c) => commands::access::auth(c, &global).await,
+            Command::Audit(c) => commands::audit::run(c, &global).await,
             Command::Dev(c) => commands::dev::run(c).await,
             Command::Bench(c) => paddock_cli::bench::run(c).await,
         }

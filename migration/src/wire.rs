@@ -174,6 +174,21 @@ pub fn seal(out: &mut Vec<u8>, start: usize, checked: usize) -> Result<(), WireE
     Ok(())
 }
 
+/// How many bytes of a frame body its checksum covers, as [`parse`] checks it (all of a
+/// message, the header and page tables of a chunk): for senders that build frames by hand,
+/// such as the fuzz targets. `None` for a body [`parse`] refuses before checking.
+pub fn checked_len(body: &[u8]) -> Option<usize> {
+    match *body.first()? {
+        TAG_MSG => Some(body.len()),
+        TAG_CHUNK => {
+            let mask = u64::from_le_bytes(body.get(5..13)?.try_into().ok()?);
+            let header = chunk_header_len(mask.count_ones() as usize);
+            (body.len() >= header).then_some(header)
+        }
+        _ => None,
+    }
+}
+
 /// Bytes of a chunk body before its payload.
 fn chunk_header_len(pages: usize) -> usize {
     1 + 17 + pages * 5
@@ -399,6 +414,30 @@ mod tests {
         for msg in &messages {
             assert_eq!(&round_trip(msg), msg);
         }
+    }
+
+    #[test]
+    fn checked_len_covers_what_the_checksum_covers() {
+        let chunk = Msg::Chunk(Chunk {
+            index: 1,
+            mask: 0b11,
+            kinds: vec![0, 1],
+            crcs: vec![5, 6],
+            compression: 0,
+            postcopy: false,
+            raw_len: 4096,
+            payload: vec![3; 4096],
+        });
+        for msg in [chunk, Msg::HelloAck { version: 1 }] {
+            let mut bytes = Vec::new();
+            encode(&msg, &mut bytes).expect("encode");
+            let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            let body = &bytes[8..];
+            let n = checked_len(body).expect("a frame");
+            assert_eq!(crc32fast::hash(&body[..n]), crc);
+        }
+        assert_eq!(checked_len(&[]), None);
+        assert_eq!(checked_len(&[9]), None);
     }
 
     #[test]

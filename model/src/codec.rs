@@ -9,7 +9,7 @@ use serde::Serialize;
 /// Version 2 added nodes, VMs and settings to the state; version 3 migrations and drains;
 /// version 4 a VM's guest (boot source, metadata, disk policy); version 5 disk images;
 /// version 6 the cluster event log and API tokens.
-pub const FORMAT_VERSION: u8 = 6;
+pub const FORMAT_VERSION: u8 = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

@@ -35,6 +35,21 @@ pub struct ClientRequest {
     /// the recorded outcome.
     pub id: Option<RequestId>,
     pub command: Command,
+    /// The person or program behind a client's request (`None` for what nodes propose
+    /// themselves: agents' reports, the leader's decisions). Apply authorizes it against the
+    /// committed state and records it in the audit log.
+    pub caller: Option<crate::access::Caller>,
+}
+
+impl ClientRequest {
+    /// A request a node makes itself (no caller: neither authorized by role nor audited).
+    pub fn internal(command: Command) -> ClientRequest {
+        ClientRequest {
+            id: None,
+            command,
+            caller: None,
+        }
+    }
 }
 
 /// A change to the cluster state.
@@ -213,9 +228,38 @@ pub enum Command {
         sha256: String,
         ttl_ms: Option<u64>,
         by: String,
+        /// Only VMs with this label (for the VM actions the role allows).
+        scope: Option<crate::access::Scope>,
     },
     TokenRevoke {
         name: String,
+    },
+    /// A custom role allowing these actions (by name).
+    RoleCreate {
+        name: String,
+        allow: Vec<String>,
+        by: String,
+    },
+    RoleDelete {
+        name: String,
+    },
+    /// Binds a user (certificate common name) to a role, optionally only for VMs with a label.
+    UserBind {
+        user: String,
+        role: String,
+        scope: Option<crate::access::Scope>,
+    },
+    UserUnbind {
+        user: String,
+        role: String,
+        scope: Option<crate::access::Scope>,
+    },
+    /// Records, and does nothing else: a request refused before it was proposed, a login, a
+    /// console session. Only nodes propose it (for the caller of the request it carries).
+    AuditNote {
+        action: String,
+        target: String,
+        outcome: String,
     },
 }
 
@@ -293,6 +337,9 @@ pub enum Rejection {
     /// No node has room for it.
     #[error("{reason}")]
     NoCapacity { reason: String },
+    /// The caller may not do this (decided against the committed roles and tokens).
+    #[error("{reason}")]
+    PermissionDenied { reason: String },
 }
 
 /// What kind of refusal a [`Rejection`] is, independent of any transport: each interface maps
@@ -327,6 +374,7 @@ impl Rejection {
             | Rejection::ValueTooLarge { .. }
             | Rejection::Invalid { .. } => RejectionKind::Invalid,
             Rejection::NoCapacity { .. } => RejectionKind::NoCapacity,
+            Rejection::PermissionDenied { .. } => RejectionKind::PermissionDenied,
         }
     }
 
@@ -454,7 +502,24 @@ impl Command {
             Command::TokenCreate {
                 name, role, sha256, ..
             } => crate::token::validate_token(name, role, sha256),
-            Command::TokenRevoke { .. } => Ok(()),
+            Command::TokenRevoke { .. } | Command::RoleDelete { .. } => Ok(()),
+            Command::RoleCreate { name, allow, .. } => {
+                crate::access::validate_role(name, allow).map(|_| ())
+            }
+            Command::UserBind { user, .. } | Command::UserUnbind { user, .. } => {
+                crate::ids::validate_user_name(user).map_err(invalid)
+            }
+            Command::AuditNote {
+                action,
+                target,
+                outcome,
+            } => {
+                if action.len() > 64 || target.len() > 1024 || outcome.len() > 4096 {
+                    Err(invalid("audit note too long".into()))
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 }

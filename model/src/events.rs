@@ -42,6 +42,8 @@ pub enum EventKind {
     LeaderChanged,
     ImageRegistered,
     ImageDeleted,
+    /// A custom role made or deleted, a user bound to a role or unbound.
+    AccessChanged,
 }
 
 impl EventKind {
@@ -67,6 +69,7 @@ impl EventKind {
         EventKind::LeaderChanged,
         EventKind::ImageRegistered,
         EventKind::ImageDeleted,
+        EventKind::AccessChanged,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +95,7 @@ impl EventKind {
             EventKind::LeaderChanged => "leader.changed",
             EventKind::ImageRegistered => "image.registered",
             EventKind::ImageDeleted => "image.deleted",
+            EventKind::AccessChanged => "access.changed",
         }
     }
 

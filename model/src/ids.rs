@@ -51,6 +51,35 @@ pub fn validate_node_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a label used as a scope: key and value of 1–63 printable ASCII characters without
+/// spaces, `=` or `,` (they are written `key=value` and listed with commas).
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    for (what, text) in [("key", key), ("value", value)] {
+        let ok = !text.is_empty()
+            && text.len() <= 63
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'=' && b != b',');
+        if !ok {
+            return Err(format!(
+                "invalid label {what} {text:?}: use 1-63 printable characters without spaces, '=' or ','"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a user name (a certificate's common name): 1–128 printable characters, no control
+/// characters.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid user name {name:?}: use the certificate's common name, 1-128 printable characters"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,7 +197,7 @@ mod tests {
         state
             .apply(&Proposal {
                 at_ms: 1_000,
-                requests: vec![ClientRequest { id: None, command }],
+                requests: vec![ClientRequest::internal(command)],
             })
             .remove(0)
     }

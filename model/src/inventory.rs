@@ -518,7 +518,7 @@ mod tests {
         state
             .apply(&Proposal {
                 at_ms: 1,
-                requests: vec![ClientRequest { id: None, command }],
+                requests: vec![ClientRequest::internal(command)],
             })
             .remove(0)
     }

@@ -12,6 +12,8 @@
 //! proposer stamped into the [`Proposal`]. Encoding is postcard behind a format version
 //! ([`codec`]), so new command kinds are appended at the end of their enums.
 
+pub mod access;
+pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod duration;

@@ -53,6 +53,69 @@ pub enum Query {
     },
     /// API tokens (their hashes stay on the server side of the operations layer).
     Tokens,
+    /// Custom roles and users' bindings.
+    Access,
+    /// Audit records after number `after`, oldest first, matching the filter.
+    Audit {
+        after: u64,
+        filter: AuditFilter,
+        limit: u32,
+    },
+    /// Recomputes this replica's audit chain through record `upto` (all when `None`).
+    AuditVerify {
+        upto: Option<u64>,
+    },
+}
+
+/// Which audit records a list answers (all when empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditFilter {
+    pub who: Option<String>,
+    /// An action name, or a prefix such as `vm.`.
+    pub action: Option<String>,
+    /// At or after this time.
+    pub since_ms: Option<u64>,
+    /// Refusals only.
+    pub refused: bool,
+}
+
+impl AuditFilter {
+    pub fn matches(&self, r: &crate::audit::AuditRecord) -> bool {
+        self.who.as_deref().is_none_or(|w| r.who == w)
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| r.action == a || (a.ends_with('.') && r.action.starts_with(a)))
+            && self.since_ms.is_none_or(|t| r.at_ms >= t)
+            && (!self.refused || !r.ok())
+    }
+}
+
+/// A page of audit records, and where the chain stands on this replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditPage {
+    pub records: Vec<crate::audit::AuditRecord>,
+    pub more: bool,
+    /// Number of the last record dropped by retention.
+    pub pruned_through: u64,
+    pub last_seq: u64,
+}
+
+/// One replica's recomputation of its audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheck {
+    /// Records recomputed, and the span they cover.
+    pub records: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The recomputed hash at `last_seq` (the base when no record was checked).
+    pub head: crate::audit::Hash,
+    /// The first record whose stored hash is wrong, if any.
+    pub broken_at: Option<u64>,
+    /// Number of the last record dropped by retention (the chain starts after it).
+    pub pruned_through: u64,
+    /// The newest record this replica holds.
+    pub newest_seq: u64,
 }
 
 /// Which VMs a list answers (all of them when empty).
@@ -64,6 +127,8 @@ pub struct VmFilter {
     pub state: Option<String>,
     /// Whose name contains this.
     pub search: Option<String>,
+    /// Only VMs carrying one of these labels (set for a caller whose grants are scoped).
+    pub scopes: Option<Vec<crate::access::Scope>>,
 }
 
 impl VmFilter {
@@ -74,6 +139,10 @@ impl VmFilter {
                 .as_deref()
                 .is_none_or(|s| vm.observed.name() == s)
             && self.search.as_deref().is_none_or(|q| vm.name.contains(q))
+            && self
+                .scopes
+                .as_ref()
+                .is_none_or(|scopes| scopes.iter().any(|s| s.covers(&vm.spec.labels)))
     }
 }
 
@@ -135,6 +204,9 @@ pub enum QueryResult {
     Images(Vec<(String, crate::image::Image)>),
     Events(crate::events::EventPage),
     Tokens(Vec<(String, crate::token::ApiToken)>),
+    Access(crate::access::Access),
+    Audit(AuditPage),
+    AuditCheck(AuditCheck),
 }
 
 impl ClusterState {
@@ -239,6 +311,44 @@ impl ClusterState {
                     .map(|(name, token)| (name.clone(), token.clone()))
                     .collect(),
             ),
+            Query::Access => QueryResult::Access(self.access.clone()),
+            Query::Audit {
+                after,
+                filter,
+                limit,
+            } => {
+                let limit = (*limit).clamp(1, MAX_LIST_LIMIT) as usize;
+                let log = &self.audit;
+                // Records are numbered without gaps: skip straight to the first one after
+                // `after`.
+                let skip = log.records.front().map_or(0, |r| {
+                    after.saturating_add(1).saturating_sub(r.seq) as usize
+                });
+                let mut matching = log.records.iter().skip(skip).filter(|r| filter.matches(r));
+                let records = matching.by_ref().take(limit).cloned().collect();
+                QueryResult::Audit(AuditPage {
+                    records,
+                    more: matching.next().is_some(),
+                    pruned_through: log.pruned_through,
+                    last_seq: log.last_seq,
+                })
+            }
+            Query::AuditVerify { upto } => {
+                let log = &self.audit;
+                let (records, first_seq, last_seq, head, broken_at) = match log.verify(*upto) {
+                    Ok(v) => (v.records, v.first_seq, v.last_seq, v.head, None),
+                    Err(b) => (0, 0, 0, b.expected, Some(b.seq)),
+                };
+                QueryResult::AuditCheck(AuditCheck {
+                    records,
+                    first_seq,
+                    last_seq,
+                    head,
+                    broken_at,
+                    pruned_through: log.pruned_through,
+                    newest_seq: log.last_seq,
+                })
+            }
         }
     }
 }

@@ -36,6 +36,10 @@ pub struct Settings {
     pub migration_streams: u32,
     /// Wire bytes per second all outgoing migrations of a node share (`None`: unlimited).
     pub migration_node_bandwidth: Option<u64>,
+    /// Audit records kept (the oldest go first; the chain's base hash is kept).
+    pub audit_keep: u32,
+    /// Audit records older than this are dropped (0: no age limit).
+    pub audit_max_age_ms: u64,
 }
 
 /// What a migration in mode `auto` does when pre-copy stops converging.
@@ -81,6 +85,8 @@ impl Default for Settings {
             migration_policy: MigrationPolicy::Postcopy,
             migration_streams: 2,
             migration_node_bandwidth: None,
+            audit_keep: 50_000,
+            audit_max_age_ms: 0,
         }
     }
 }
@@ -101,6 +107,8 @@ pub const KEYS: &[(&str, &str)] = &[
         "migration_node_bandwidth",
         "unlimited | SIZE per second, e.g. 500MiB",
     ),
+    ("audit_keep", "100–1000000 records"),
+    ("audit_max_age", "none | a duration such as 90d"),
 ];
 
 fn number_in(key: &str, value: &str, range: std::ops::RangeInclusive<u32>) -> Result<u32, String> {
@@ -184,6 +192,24 @@ impl Settings {
                         return Err("migration_node_bandwidth must be at least 1MiB".into());
                     }
                     Some(mib << 20)
+                };
+                Ok(())
+            }
+            "audit_keep" => {
+                self.audit_keep = number_in(key, value, 100..=1_000_000)?;
+                Ok(())
+            }
+            "audit_max_age" => {
+                self.audit_max_age_ms = if value == "none" {
+                    0
+                } else {
+                    let age = crate::duration::parse(value).map_err(|e| {
+                        format!("audit_max_age must be none or a duration such as 90d: {e}")
+                    })?;
+                    if age.as_secs() < 3600 {
+                        return Err("audit_max_age must be at least 1h, or none".into());
+                    }
+                    age.as_millis() as u64
                 };
                 Ok(())
             }
@@ -273,6 +299,14 @@ impl Settings {
                 "migration_node_bandwidth".into(),
                 self.migration_node_bandwidth
                     .map_or("unlimited".into(), |b| format!("{}MiB", b >> 20)),
+            ),
+            ("audit_keep".into(), self.audit_keep.to_string()),
+            (
+                "audit_max_age".into(),
+                match self.audit_max_age_ms {
+                    0 => "none".into(),
+                    ms => crate::duration::format(std::time::Duration::from_millis(ms)),
+                },
             ),
         ]
     }

@@ -54,6 +54,10 @@ pub struct ClusterState {
     pub tokens: BTreeMap<String, crate::token::ApiToken>,
     /// What happened, numbered cluster-wide ([`crate::events`]).
     pub events: crate::events::EventLog,
+    /// Custom roles and users' bindings ([`crate::access`]).
+    pub access: crate::access::Access,
+    /// Who did what: every caller's request, hash-chained ([`crate::audit`]).
+    pub audit: crate::audit::AuditLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +106,16 @@ impl ClusterState {
     }
 
     fn apply_request(&mut self, request: &ClientRequest, at_ms: u64) -> Outcome {
+        match &request.caller {
+            Some(caller) => self.apply_as(caller, &request.command, at_ms, |state| {
+                state.apply_once(request, at_ms)
+            }),
+            None => self.apply_once(request, at_ms),
+        }
+    }
+
+    /// Applies a request once: a retry with the id of an applied one gets the first answer.
+    fn apply_once(&mut self, request: &ClientRequest, at_ms: u64) -> Outcome {
         let Some(id) = request.id else {
             return self.apply_command(&request.command, at_ms);
         };
@@ -169,43 +183,13 @@ impl ClusterState {
             Command::ImageRegister { .. }
             | Command::ImageHeld { .. }
             | Command::ImageDelete { .. } => self.apply_image_command(command, at_ms),
-            Command::TokenCreate {
-                name,
-                role,
-                sha256,
-                ttl_ms,
-                by,
-            } => {
-                if self.tokens.contains_key(name) {
-                    return Err(Rejection::AlreadyExists {
-                        kind: "token".into(),
-                        name: name.clone(),
-                    });
-                }
-                if self.tokens.len() >= crate::token::MAX_TOKENS {
-                    return Err(Rejection::FailedPrecondition {
-                        reason: format!(
-                            "the cluster holds {} tokens, the most it keeps; revoke unused ones with `paddock token revoke NAME`",
-                            crate::token::MAX_TOKENS
-                        ),
-                    });
-                }
-                self.tokens.insert(
-                    name.clone(),
-                    crate::token::ApiToken {
-                        role: role.clone(),
-                        sha256: sha256.clone(),
-                        created_ms: at_ms,
-                        expires_ms: ttl_ms.map(|ttl| at_ms.saturating_add(ttl)),
-                        created_by: by.clone(),
-                    },
-                );
-                Ok(Response::Done)
-            }
-            Command::TokenRevoke { name } => match self.tokens.remove(name) {
-                Some(_) => Ok(Response::Done),
-                None => Err(Rejection::not_found("token", name)),
-            },
+            Command::TokenCreate { .. }
+            | Command::TokenRevoke { .. }
+            | Command::RoleCreate { .. }
+            | Command::RoleDelete { .. }
+            | Command::UserBind { .. }
+            | Command::UserUnbind { .. }
+            | Command::AuditNote { .. } => self.apply_access_command(command, at_ms),
             _ => self.apply_inventory_command(command, at_ms),
         }
     }
@@ -307,7 +291,7 @@ mod tests {
     }
 
     fn plain(command: Command) -> ClientRequest {
-        ClientRequest { id: None, command }
+        ClientRequest::internal(command)
     }
 
     #[test]
@@ -373,6 +357,7 @@ mod tests {
                 expect: None,
                 value: "v".into(),
             },
+            caller: None,
         };
         let out1 = state.apply(&proposal(10, vec![first.clone()]));
         // The retry would fail as a CAS if it were applied again; it gets the first answer.
@@ -382,6 +367,7 @@ mod tests {
         let older = ClientRequest {
             id: Some(RequestId { client: 7, seq: 0 }),
             command: put("k", "x"),
+            caller: None,
         };
         assert!(matches!(
             state.apply(&proposal(30, vec![older]))[0],
@@ -396,6 +382,7 @@ mod tests {
         let req = |client| ClientRequest {
             id: Some(RequestId { client, seq: 1 }),
             command: put("k", "v"),
+            caller: None,
         };
         state.apply(&proposal(1_000, vec![req(1)]));
         state.apply(&proposal(2_000, vec![req(2)]));
@@ -484,7 +471,11 @@ mod tests {
         let id = proptest::option::of(
             (0u64..3, 0u64..4).prop_map(|(client, seq)| RequestId { client, seq }),
         );
-        (id, command).prop_map(|(id, command)| ClientRequest { id, command })
+        (id, command).prop_map(|(id, command)| ClientRequest {
+            id,
+            command,
+            caller: None,
+        })
     }
 
     proptest! {

@@ -153,6 +153,12 @@ pub struct Flags {
     /// memvm: memory each guest fills with mixed content at boot, e.g. 768MiB [default: 0].
     #[arg(long, env = "PADDOCK_MEMVM_FILL")]
     pub memvm_fill: Option<String>,
+    /// Benchmarks only (`paddock bench access`): no authorization and no audit records, so
+    /// their cost can be measured. A flag only (never in the file or the environment), hidden
+    /// from --help, and logged as a warning at start.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub bench_without_authorization: bool,
 }
 
 impl Flags {
@@ -181,6 +187,7 @@ impl Flags {
         let mut flags: Flags = serde_json::from_value(merged)
             .map_err(|e| invalid(format!("the configuration cannot be merged: {e}")))?;
         flags.config = self.config;
+        flags.bench_without_authorization = self.bench_without_authorization;
         Ok(flags)
     }
 }
@@ -290,6 +297,8 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     pub log: String,
     pub host: HostConfig,
+    /// Benchmarks only: every caller may do everything and nothing is audited.
+    pub without_authorization: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -519,6 +528,7 @@ impl NodeConfig {
                 .log
                 .unwrap_or_else(|| "info,openraft=warn".to_string()),
             host,
+            without_authorization: flags.bench_without_authorization,
         })
     }
 }
@@ -548,10 +558,27 @@ fn read_file(path: &Path) -> Result<Flags, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+    parse_file(&text, path)
+}
+
+/// The keys of a config file's text (`path` only names it in errors).
+pub fn parse_file(text: &str, path: &Path) -> Result<Flags, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::ParseFile {
         path: path.to_path_buf(),
         message: e.message().to_string(),
     })
+}
+
+impl NodeConfig {
+    /// A node's configuration from a config file's text alone (no flags, no environment):
+    /// what `paddockd --config FILE` makes of it. For tests and fuzzing.
+    pub fn from_file_text(text: &str) -> Result<NodeConfig, ConfigError> {
+        let path = Path::new("paddockd.toml");
+        let file = parse_file(text, path)?;
+        let mut file = Flags::default().over(file)?;
+        file.config = None;
+        NodeConfig::from_flags(file)
+    }
 }
 
 fn parse_addr(flag: &str, text: &str) -> Result<SocketAddr, ConfigError> {

@@ -179,7 +179,13 @@ pub async fn run(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Every client call goes through the operations layer (authorization, checks, proposing).
-    let ops = Arc::new(Ops::new(proposer.clone(), shared.clone()));
+    let ops = Ops::new(proposer.clone(), shared.clone());
+    let ops = Arc::new(if config.without_authorization {
+        tracing::warn!("--bench-without-authorization: every caller may do everything and nothing is audited; for benchmarks only");
+        ops.without_authorization()
+    } else {
+        ops
+    });
     let cluster = Arc::new(ClusterService {
         raft: raft.clone(),
         ops: ops.clone(),
@@ -219,6 +225,13 @@ pub async fn run(
     let events_service = pb::events_server::EventsServer::from_arc(events.clone());
     let tokens = Arc::new(TokensService { ops: ops.clone() });
     let tokens_service = pb::tokens_server::TokensServer::from_arc(tokens.clone());
+    let access = Arc::new(crate::service::AccessService { ops: ops.clone() });
+    let access_service = pb::access_server::AccessServer::from_arc(access.clone());
+    let audit = Arc::new(crate::service::AuditService {
+        ops: ops.clone(),
+        node: config.name.clone(),
+    });
+    let audit_service = pb::audit_server::AuditServer::from_arc(audit.clone());
     let images =
         crate::images::ImageStore::open(&config.data_dir.join("images")).with_context(|| {
             format!(
@@ -244,6 +257,7 @@ pub async fn run(
             .tls_config(server_tls)
             .context("invalid TLS settings")?
             .tcp_nodelay(true)
+            .layer(crate::service::GuardLayer)
             .add_service(raft_service)
             .add_service(cluster_service)
             .add_service(kv_service)
@@ -254,6 +268,8 @@ pub async fn run(
             .add_service(images_service)
             .add_service(events_service)
             .add_service(tokens_service)
+            .add_service(access_service)
+            .add_service(audit_service)
             .serve_with_incoming_shutdown(without_nagle(listener), async move {
                 let _ = grpc_shutdown.changed().await;
             }),
@@ -271,6 +287,8 @@ pub async fn run(
                 settings,
                 events,
                 tokens,
+                access,
+                audit,
             }),
             metrics: metrics.clone(),
             node: config.name.clone(),

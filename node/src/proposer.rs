@@ -256,6 +256,7 @@ impl Proposer {
                 seq: 1,
             }),
             command,
+            caller: None,
         };
         match self
             .serve_as_leader(ForwardRequest::Write(Box::new(request)))

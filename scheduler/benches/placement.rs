@@ -60,10 +60,7 @@ fn main() {
     }
     state.apply(&Proposal {
         at_ms: 1,
-        requests: commands
-            .into_iter()
-            .map(|command| ClientRequest { id: None, command })
-            .collect(),
+        requests: commands.into_iter().map(ClientRequest::internal).collect(),
     });
     for policy in ["spread", "binpack"] {
         let mut state = state.clone();

@@ -60,6 +60,7 @@ pub fn plan_starts(state: &ClusterState, now_ms: u64) -> Vec<Command> {
             requests: vec![ClientRequest {
                 id: None,
                 command: start.clone(),
+                caller: None,
             }],
         });
         match outcome.into_iter().next() {
@@ -146,7 +147,7 @@ mod tests {
     fn apply(state: &mut ClusterState, command: Command) {
         let outcome = state.apply(&Proposal {
             at_ms: 1,
-            requests: vec![ClientRequest { id: None, command }],
+            requests: vec![ClientRequest::internal(command)],
         });
         assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
     }

@@ -10,7 +10,7 @@ fn apply(state: &mut ClusterState, command: Command) -> Response {
     state
         .apply(&Proposal {
             at_ms: 1,
-            requests: vec![ClientRequest { id: None, command }],
+            requests: vec![ClientRequest::internal(command)],
         })
         .remove(0)
         .expect("command applies")

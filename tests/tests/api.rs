@@ -14,8 +14,8 @@ async fn tokens_roles_problems_and_revocation() -> anyhow::Result<()> {
     cluster.start_all()?;
     cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;
-    let admin = client.token_create("ops", "operator", 0).await?.token;
-    let viewer = client.token_create("look", "viewer", 3600).await?.token;
+    let admin = client.token_create("ops", "operator", 0, "").await?.token;
+    let viewer = client.token_create("look", "viewer", 3600, "").await?.token;
     let tls = tls_to(&cluster.certs.ca_cert())?;
     let mut api = Vec::new();
     for node in &cluster.nodes {
@@ -89,7 +89,7 @@ async fn tokens_roles_problems_and_revocation() -> anyhow::Result<()> {
         problem["detail"]
             .as_str()
             .unwrap_or_default()
-            .contains("token:look has role viewer"),
+            .contains("token:look may not vm.start web-1: its roles (viewer from token look)"),
         "{problem}"
     );
 

@@ -71,7 +71,7 @@ async fn exit_codes_follow_the_kind_of_refusal() -> anyhow::Result<()> {
             "otto",
             &["cluster", "set", "scheduler", "binpack"],
             9,
-            "may not settings.write",
+            "may not cluster.settings.write",
         ),
         ("otto", &["kv", "put", "k", "v"], 0, ""),
     ];

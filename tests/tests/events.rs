@@ -13,7 +13,10 @@ async fn a_follower_resumes_on_another_node_and_misses_nothing() -> anyhow::Resu
     cluster.start_all()?;
     let leader = cluster.wait_for_leader(WAIT).await?;
     let mut client = cluster.client(WAIT)?;
-    let token = client.token_create("follower", "viewer", 0).await?.token;
+    let token = client
+        .token_create("follower", "viewer", 0, "")
+        .await?
+        .token;
     let tls = tls_to(&cluster.certs.ca_cert())?;
     // Follow a node that is not the leader (killing it keeps the cluster writable at once).
     let followed = (leader + 1) % 3;

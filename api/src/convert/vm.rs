@@ -198,6 +198,7 @@ impl pb::VmListRequest {
                 node: (!self.node.is_empty()).then(|| self.node.clone()),
                 state: (!self.state.is_empty()).then(|| self.state.clone()),
                 search: (!self.search.is_empty()).then(|| self.search.clone()),
+                scopes: None,
             },
         }
     }

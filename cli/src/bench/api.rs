@@ -39,6 +39,7 @@ async fn register_silent_nodes(
                 labels: Default::default(),
                 driver: "memvm".into(),
             },
+            caller: None,
         }));
         let data = paddock_model::codec::encode(&request)
             .map_err(|e| Failure::new(crate::output::exit::ERROR, e.to_string()))?;
@@ -103,7 +104,7 @@ pub async fn run(
     register_silent_nodes(&cluster, leader, extra_nodes).await?;
     let names: Vec<String> = (0..vms).map(|i| format!("vm-{i:06}")).collect();
     let failed = create_vms(&cluster, names, 4, 1000, true).await?;
-    let token = client.token_create("bench", "admin", 0).await?.token;
+    let token = client.token_create("bench", "admin", 0, "").await?.token;
     let tls = tls_to(&cluster.certs.ca_cert())?;
     let api_of = |i: usize| cluster.nodes[i].api.clone();
     println!("bench api: 3 paddockd + {extra_nodes} registered silent nodes, {} VMs, HTTPS to follower {}", vms - failed, cluster.nodes[follower].name);

@@ -1,6 +1,7 @@
 //! `paddock bench`: benchmarks on a fresh local cluster of real `paddockd` processes (gRPC,
 //! mutual TLS, fsync on). Figures go to docs/benchmarks.md; nothing here asserts a time.
 
+mod access;
 mod api;
 mod libvirt;
 mod migration;
@@ -34,6 +35,25 @@ pub enum BenchCommand {
         /// Measured time of each write round.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+    },
+    /// Access control's cost and speed: writes/s at 64 clients with authorization and audit
+    /// on and off (paddockd --bench-without-authorization, interleaved rounds), token
+    /// revocation seen by every node, and audit-chain verification of 1,000,000 records.
+    Access {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Measured time of each write round.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Rounds of each mode (on, off, on, off, ...).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Token revocations timed.
+        #[arg(long, default_value_t = 20)]
+        revocations: usize,
+        /// Audit records verified in process.
+        #[arg(long, default_value_t = 1_000_000)]
+        records: usize,
     },
     /// Committed writes/s and latency at several client counts.
     Writes {
@@ -143,6 +163,13 @@ pub async fn run(command: BenchCommand) -> Result<(), Failure> {
             target,
         } => writes(&clients, duration, value_size, &storage, nodes, &target).await,
         BenchCommand::Failover { runs, storage } => failover(runs, &storage).await,
+        BenchCommand::Access {
+            clients,
+            duration,
+            rounds,
+            revocations,
+            records,
+        } => access::run(clients, duration, rounds, revocations, records).await,
         BenchCommand::State {
             keys,
             value_size,
@@ -364,69 +391,86 @@ async fn writes(
     let value = "v".repeat(value_size);
     println!("bench writes: {nodes} nodes, storage {storage}, {value_size}-byte values, {duration:?} per round");
     for &clients in levels {
-        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let term_before = cluster.status_of(leader).await?.term;
-        let warmup_end = Instant::now() + Duration::from_secs(1);
-        let end = warmup_end + duration;
-        let mut tasks = Vec::new();
-        for task in 0..clients {
-            let mut client = match target {
-                "leader" => cluster.client_of(
-                    vec![cluster.nodes[leader].address.clone()],
-                    Duration::from_secs(10),
-                )?,
-                _ => cluster.client(Duration::from_secs(10))?,
-            };
-            let value = value.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                let mut n = 0u64;
-                while Instant::now() < end {
-                    n += 1;
-                    let started = Instant::now();
-                    let ok = put(
-                        &mut client,
-                        format!("bench/{task}/{}", n % 1000),
-                        value.clone(),
-                    )
-                    .await;
-                    if started >= warmup_end {
-                        if ok {
-                            latencies.push(started.elapsed());
-                        } else {
-                            errors += 1;
-                        }
-                    }
-                }
-                (latencies, errors)
-            }));
-        }
-        let mut latencies = Vec::new();
-        let mut errors = 0;
-        for task in tasks {
-            let (l, e) = task.await?;
-            latencies.extend(l);
-            errors += e;
-        }
-        latencies.sort();
-        let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
-        let term_after = cluster.status_of(leader).await?.term;
-        let rate = latencies.len() as f64 / duration.as_secs_f64();
-        let result = json!({
+        let round = write_round(&mut cluster, clients, duration, &value, target).await?;
+        let mut result = json!({
             "bench": "writes", "storage": storage, "nodes": nodes, "clients": clients, "target": target,
             "value_bytes": value_size, "seconds": duration.as_secs_f64(),
-            "writes": latencies.len(), "errors": errors,
-            "writes_per_sec": rate.round(),
-            "p50_ms": ms(percentile(&latencies, 0.50)),
-            "p99_ms": ms(percentile(&latencies, 0.99)),
-            "max_ms": ms(percentile(&latencies, 1.0)),
-            "elections_during_round": term_after.saturating_sub(term_before),
         });
+        if let (Some(out), Some(fields)) = (result.as_object_mut(), round.as_object()) {
+            out.extend(fields.clone());
+        }
         println!("{result}");
     }
     cluster.stop_all();
     Ok(())
+}
+
+/// One round of KV puts by `clients` concurrent clients for `duration` (after 1 s of warm-up):
+/// writes, errors, writes/s, latency percentiles, elections during the round.
+async fn write_round(
+    cluster: &mut LocalCluster,
+    clients: usize,
+    duration: Duration,
+    value: &str,
+    target: &str,
+) -> Result<serde_json::Value, Failure> {
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let term_before = cluster.status_of(leader).await?.term;
+    let warmup_end = Instant::now() + Duration::from_secs(1);
+    let end = warmup_end + duration;
+    let mut tasks = Vec::new();
+    for task in 0..clients {
+        let mut client = match target {
+            "leader" => cluster.client_of(
+                vec![cluster.nodes[leader].address.clone()],
+                Duration::from_secs(10),
+            )?,
+            _ => cluster.client(Duration::from_secs(10))?,
+        };
+        let value = value.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let started = Instant::now();
+                let ok = put(
+                    &mut client,
+                    format!("bench/{task}/{}", n % 1000),
+                    value.clone(),
+                )
+                .await;
+                if started >= warmup_end {
+                    if ok {
+                        latencies.push(started.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort();
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await?;
+    let term_after = cluster.status_of(leader).await?.term;
+    let rate = latencies.len() as f64 / duration.as_secs_f64();
+    Ok(json!({
+        "writes": latencies.len(), "errors": errors,
+        "writes_per_sec": rate.round(),
+        "p50_ms": ms(percentile(&latencies, 0.50)),
+        "p99_ms": ms(percentile(&latencies, 0.99)),
+        "max_ms": ms(percentile(&latencies, 1.0)),
+        "elections_during_round": term_after.saturating_sub(term_before),
+    }))
 }
 
 async fn failover(runs: usize, storage: &str) -> Result<(), Failure> {

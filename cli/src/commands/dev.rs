@@ -133,7 +133,7 @@ async fn up(
     let mut client = cluster.client(Duration::from_secs(10))?;
     let _ = client.token_revoke(DEV_TOKEN).await;
     let token = client
-        .token_create(DEV_TOKEN, "admin", 0)
+        .token_create(DEV_TOKEN, "admin", 0, "")
         .await
         .map_err(super::client_failure)?
         .token;

@@ -1,6 +1,8 @@
 //! One module per command group. Each takes the parsed arguments and the global options and
 //! returns what to print, or a [`Failure`](crate::output::Failure) with its exit code.
 
+pub mod access;
+pub mod audit;
 pub mod certs;
 pub mod cluster;
 pub mod console;
@@ -42,6 +44,15 @@ impl Global {
         };
         let tls = CertsDir::new(dir).client_tls(&self.user, CLIENT_HINT)?;
         Client::new(&self.endpoints, tls, self.timeout).map_err(client_failure)
+    }
+
+    /// A client of one node only (to ask that node about its own replica).
+    pub fn client_for(&self, endpoint: &str) -> Result<Client, Failure> {
+        let one = Global {
+            endpoints: vec![endpoint.to_string()],
+            ..self.clone()
+        };
+        one.client()
     }
 }
 

@@ -11,9 +11,12 @@ pub enum TokenCommand {
     /// Make a token; prints it once (only its hash is kept).
     Create {
         name: String,
-        /// admin, operator or viewer.
+        /// admin, operator, viewer or a custom role (`paddock role list`).
         #[arg(long, default_value = "viewer")]
         role: String,
+        /// Only VMs with this label (KEY=VALUE), for the VM actions the role allows.
+        #[arg(long)]
+        scope: Option<String>,
         /// How long it lives, e.g. 12h or 30d [default: until revoked].
         #[arg(long)]
         ttl: Option<String>,
@@ -27,7 +30,12 @@ pub enum TokenCommand {
 pub async fn run(command: TokenCommand, global: &Global) -> Result<(), Failure> {
     let mut client = global.client()?;
     match command {
-        TokenCommand::Create { name, role, ttl } => {
+        TokenCommand::Create {
+            name,
+            role,
+            ttl,
+            scope,
+        } => {
             let ttl_secs = match ttl {
                 Some(text) => paddock_model::duration::parse(&text)
                     .map_err(|e| Failure::new(exit::INVALID, format!("--ttl: {e}")))?
@@ -36,7 +44,7 @@ pub async fn run(command: TokenCommand, global: &Global) -> Result<(), Failure> 
                 None => 0,
             };
             let created = client
-                .token_create(&name, &role, ttl_secs)
+                .token_create(&name, &role, ttl_secs, scope.as_deref().unwrap_or_default())
                 .await
                 .map_err(client_failure)?;
             match global.output {
@@ -66,12 +74,13 @@ pub async fn run(command: TokenCommand, global: &Global) -> Result<(), Failure> 
                         "expires_ms": t.expires_ms,
                         "created_by": t.created_by,
                         "expired": t.expired,
+                        "scope": t.scope,
                     }))
                     .collect::<Vec<_>>())),
                 Output::Table => {
                     println!(
-                        "{:<20} {:<9} {:<16} {:<24} EXPIRES",
-                        "NAME", "ROLE", "BY", "CREATED"
+                        "{:<20} {:<14} {:<14} {:<16} {:<24} EXPIRES",
+                        "NAME", "ROLE", "SCOPE", "BY", "CREATED"
                     );
                     for t in tokens {
                         let expires = match (t.expires_ms, t.expired) {
@@ -80,9 +89,10 @@ pub async fn run(command: TokenCommand, global: &Global) -> Result<(), Failure> 
                             (None, false) => "never".to_string(),
                         };
                         println!(
-                            "{:<20} {:<9} {:<16} {:<24} {expires}",
+                            "{:<20} {:<14} {:<14} {:<16} {:<24} {expires}",
                             t.name,
                             t.role,
+                            if t.scope.is_empty() { "-" } else { &t.scope },
                             t.created_by,
                             crate::output::time_of(t.created_ms)
                         );

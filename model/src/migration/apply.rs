@@ -608,7 +608,7 @@ mod tests {
     fn apply(state: &mut ClusterState, command: Command) -> Outcome {
         let mut out = state.apply(&Proposal {
             at_ms: 1000,
-            requests: vec![ClientRequest { id: None, command }],
+            requests: vec![ClientRequest::internal(command)],
         });
         out.remove(0)
     }

@@ -134,11 +134,7 @@ impl Worker {
 
     /// Proposes `command`: `Some(outcome)` when the log answered, `None` when unknown.
     async fn propose(&self, command: Command) -> Option<Outcome> {
-        match self
-            .proposer
-            .write(ClientRequest { id: None, command })
-            .await
-        {
+        match self.proposer.write(ClientRequest::internal(command)).await {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot propose a migration step; will retry");

@@ -167,7 +167,7 @@ impl Agent {
 
     async fn propose(&self, command: Command) -> anyhow::Result<()> {
         self.proposer
-            .write(ClientRequest { id: None, command })
+            .write(ClientRequest::internal(command))
             .await?
             .map_err(|rejection| anyhow::anyhow!("{rejection}"))?;
         Ok(())

@@ -95,7 +95,7 @@ pub(crate) mod testing {
     pub fn apply(state: &mut ClusterState, at_ms: u64, command: Command) {
         let outcome = state.apply(&Proposal {
             at_ms,
-            requests: vec![ClientRequest { id: None, command }],
+            requests: vec![ClientRequest::internal(command)],
         });
         assert!(outcome.iter().all(Result::is_ok), "{outcome:?}");
     }

@@ -207,7 +207,7 @@ impl Sync {
 
     async fn propose(&self, command: Command) -> anyhow::Result<()> {
         self.proposer
-            .write(paddock_model::ClientRequest { id: None, command })
+            .write(paddock_model::ClientRequest::internal(command))
             .await?
             .map(|_| ())
             .map_err(Into::into)

@@ -15,7 +15,7 @@ pub mod tokens;
 
 use std::sync::Arc;
 
-use paddock_api::certs::PeerIdentity;
+use paddock_model::access::{self, Caller};
 use paddock_model::{
     ClientRequest, ClusterState, Command, Query, QueryResult, Rejection, RejectionKind, RequestId,
     Response,
@@ -72,11 +72,28 @@ impl From<ProposeError> for OpError {
 pub struct Ops {
     proposer: Arc<Proposer>,
     shared: SharedState,
+    /// False only under `paddockd --bench-without-authorization`.
+    enforce: bool,
 }
 
 impl Ops {
     pub fn new(proposer: Arc<Proposer>, shared: SharedState) -> Ops {
-        Ops { proposer, shared }
+        Ops {
+            proposer,
+            shared,
+            enforce: true,
+        }
+    }
+
+    /// A cluster node's own certificate, or authorization off (benchmarks).
+    fn unrestricted(&self, caller: &Caller) -> bool {
+        !self.enforce || is_member(caller)
+    }
+
+    /// Benchmarks only: no decision, no audit record (the caller is not proposed).
+    pub fn without_authorization(mut self) -> Ops {
+        self.enforce = false;
+        self
     }
 
     pub fn proposer(&self) -> &Arc<Proposer> {
@@ -89,22 +106,61 @@ impl Ops {
     }
 
     /// A caller's write: authorized by what the command is, checked, proposed through the
-    /// leader. `id` makes retries exactly-once (the client's, or one minted by the proposer).
+    /// leader with the caller, so apply authorizes it again against the committed state and
+    /// records it in the audit log. `id` makes retries exactly-once (the client's, or one
+    /// minted by the proposer). A refusal before proposing is audited too.
     pub async fn write(
         &self,
-        caller: &PeerIdentity,
+        caller: &Caller,
         id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, OpError> {
-        auth::authorize(caller, Action::of_command(&command))?;
-        precheck(&self.shared.read().state, &command)?;
-        Ok(self.proposer.write(ClientRequest { id, command }).await??)
+        if !self.enforce {
+            precheck(&self.shared.read().state, &command)?;
+            let request = ClientRequest {
+                id,
+                command,
+                caller: None,
+            };
+            return Ok(self.proposer.write(request).await??);
+        }
+        let mut caller = caller.clone();
+        caller.request = match id {
+            Some(id) => format!("{:x}-{}", id.client, id.seq),
+            None => format!("{:016x}", fastrand::u64(..)),
+        };
+        let refusal = {
+            let state = &self.shared.read().state;
+            let decision = state.authorize(&caller, &command, tokens::now_ms());
+            if decision.allowed {
+                precheck(state, &command).err().map(OpError::from)
+            } else {
+                Some(OpError::Denied(Denied {
+                    action: access::action_of(&command),
+                    explanation: decision.explanation,
+                }))
+            }
+        };
+        if let Some(refusal) = refusal {
+            let action = access::action_of(&command).name();
+            self.note(&caller, action, &access::target_of(&command), &refusal)
+                .await;
+            return Err(refusal);
+        }
+        Ok(self
+            .proposer
+            .write(ClientRequest {
+                id,
+                command,
+                caller: Some(caller),
+            })
+            .await??)
     }
 
     /// A write that answers `Done` when it succeeds.
     pub async fn done(
         &self,
-        caller: &PeerIdentity,
+        caller: &Caller,
         id: Option<RequestId>,
         command: Command,
     ) -> Result<(), OpError> {
@@ -114,16 +170,183 @@ impl Ops {
         }
     }
 
-    /// A caller's read: linearizable through the leader, or this replica's if `stale`.
+    /// A caller's read: linearizable through the leader, or this replica's if `stale`. A
+    /// caller whose grants are scoped sees only the VMs (and their migrations) it covers.
     pub async fn read(
         &self,
-        caller: &PeerIdentity,
+        caller: &Caller,
         query: Query,
         stale: bool,
     ) -> Result<QueryResult, OpError> {
-        auth::authorize(caller, Action::of_query(&query))?;
-        Ok(self.proposer.read(query, stale).await?)
+        let action = access::action_of_query(&query);
+        self.authorize(caller, action).await?;
+        let scopes = self.visible_scopes(caller, action);
+        let query = match (query, &scopes) {
+            (
+                Query::VmList {
+                    start_after,
+                    limit,
+                    mut filter,
+                },
+                Some(scopes),
+            ) => {
+                filter.scopes = Some(scopes.clone());
+                Query::VmList {
+                    start_after,
+                    limit,
+                    filter,
+                }
+            }
+            (query, _) => query,
+        };
+        let result = self.proposer.read(query, stale).await?;
+        let Some(scopes) = scopes else {
+            return Ok(result);
+        };
+        let covered = |labels: &std::collections::BTreeMap<String, String>| {
+            scopes.iter().any(|s| s.covers(labels))
+        };
+        Ok(match result {
+            QueryResult::Vm(Some(vm)) if !covered(&vm.spec.labels) => QueryResult::Vm(None),
+            QueryResult::Migrations(list) => {
+                let state = &self.shared.read().state;
+                QueryResult::Migrations(
+                    list.into_iter()
+                        .filter(|m| {
+                            state
+                                .vms
+                                .get(&m.vm)
+                                .is_some_and(|vm| covered(&vm.spec.labels))
+                        })
+                        .collect(),
+                )
+            }
+            QueryResult::Migration(Some(m))
+                if !self.may_see_vm(caller, Action::MigrationRead, &m.vm) =>
+            {
+                QueryResult::Migration(None)
+            }
+            other => other,
+        })
     }
+
+    /// Allows `action` (on no one VM) to `caller`, or refuses it — audited.
+    pub async fn authorize(&self, caller: &Caller, action: Action) -> Result<(), OpError> {
+        self.authorize_on(caller, action, None).await
+    }
+
+    /// Allows `action` on VM `vm` to `caller`, or refuses it — audited.
+    pub async fn authorize_vm(
+        &self,
+        caller: &Caller,
+        action: Action,
+        vm: &str,
+    ) -> Result<(), OpError> {
+        self.authorize_on(caller, action, Some(vm)).await
+    }
+
+    async fn authorize_on(
+        &self,
+        caller: &Caller,
+        action: Action,
+        vm: Option<&str>,
+    ) -> Result<(), OpError> {
+        if self.unrestricted(caller) {
+            return Ok(());
+        }
+        let verdict = {
+            let state = &self.shared.read().state;
+            let target = match vm {
+                Some(name) => state.vm_target(name),
+                None => access::Target::Cluster,
+            };
+            auth::authorize(state, caller, action, target)
+        };
+        match verdict {
+            Ok(()) => Ok(()),
+            Err(denied) => {
+                let refusal = OpError::Denied(denied);
+                self.note(caller, action.name(), vm.unwrap_or_default(), &refusal)
+                    .await;
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Whether some grant of `caller` allows `action` (on some VM, for a scoped one): what a
+    /// page shows buttons for. The server decides each action again.
+    pub fn may_ever(&self, caller: &Caller, action: Action) -> bool {
+        if self.unrestricted(caller) {
+            return true;
+        }
+        let state = &self.shared.read().state;
+        auth::grants_of(state, caller)
+            .iter()
+            .any(|g| state.access.role_allows(&g.role, action) == Some(true))
+    }
+
+    /// Whether `caller` may see VM `vm` with `action` (a list's or a stream's filter).
+    pub fn may_see_vm(&self, caller: &Caller, action: Action, vm: &str) -> bool {
+        if self.unrestricted(caller) {
+            return true;
+        }
+        let state = &self.shared.read().state;
+        let held = auth::grants_of(state, caller);
+        match state.vms.get(vm) {
+            Some(v) => access::may_see(&state.access, &held, action, &v.spec.labels),
+            // Gone: only a caller who sees every VM sees what is left of it.
+            None => access::visible_scopes(&state.access, &held, action).is_none(),
+        }
+    }
+
+    /// `None` when `caller` may see every VM with `action`, else the labels it is limited to.
+    pub fn visible_scopes(&self, caller: &Caller, action: Action) -> Option<Vec<access::Scope>> {
+        if !action.on_vm() || self.unrestricted(caller) {
+            return None;
+        }
+        let state = &self.shared.read().state;
+        let held = auth::grants_of(state, caller);
+        access::visible_scopes(&state.access, &held, action)
+    }
+
+    /// Records what was refused (or noted) in the audit log. Best effort: a refusal is
+    /// answered whether or not its record could be written (no leader, say).
+    pub async fn note(&self, caller: &Caller, action: &str, target: &str, outcome: &OpError) {
+        let outcome = format!("refused: {outcome}");
+        self.note_text(caller, action, target, &outcome).await
+    }
+
+    /// Records something that is not a command (a login, a console session).
+    pub async fn note_text(&self, caller: &Caller, action: &str, target: &str, outcome: &str) {
+        let mut caller = caller.clone();
+        if caller.request.is_empty() {
+            caller.request = format!("{:016x}", fastrand::u64(..));
+        }
+        let cut = |text: &str, max: usize| -> String {
+            let mut end = text.len().min(max);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text[..end].to_string()
+        };
+        let request = ClientRequest {
+            id: None,
+            command: Command::AuditNote {
+                action: cut(action, 64),
+                target: cut(target, 1024),
+                outcome: cut(outcome, 4096),
+            },
+            caller: Some(caller),
+        };
+        if let Err(error) = self.proposer.write(request).await {
+            tracing::warn!(%error, action, "could not record a refusal in the audit log");
+        }
+    }
+}
+
+/// A cluster node's own certificate: everything, without reading the replica.
+fn is_member(caller: &Caller) -> bool {
+    matches!(&caller.credential, access::Credential::Certificate { role } if role == "node")
 }
 
 /// What can be refused before proposing: the command's own limits, and what this replica

@@ -1,7 +1,6 @@
 //! Bearer tokens: `pdk.NAME.SECRET`. The secret is 32 random bytes (hex); the replicated
 //! state keeps only its SHA-256, so a leaked snapshot or log holds no usable token.
 
-use paddock_api::certs::{PeerIdentity, Role};
 use paddock_model::ClusterState;
 
 const PREFIX: &str = "pdk.";
@@ -49,12 +48,20 @@ pub enum TokenError {
     Expired(String),
 }
 
-/// The identity a bearer token stands for, checked against this replica's tokens.
-pub fn identity(
-    state: &ClusterState,
-    bearer: &str,
-    now_ms: u64,
-) -> Result<PeerIdentity, TokenError> {
+impl TokenError {
+    /// The token's name, when the text named one.
+    pub fn token_name(&self) -> Option<&str> {
+        match self {
+            TokenError::Malformed => None,
+            TokenError::Unknown(name) | TokenError::Mismatch(name) | TokenError::Expired(name) => {
+                Some(name)
+            }
+        }
+    }
+}
+
+/// The token a bearer text stands for, checked against this replica's tokens: its name.
+pub fn check(state: &ClusterState, bearer: &str, now_ms: u64) -> Result<String, TokenError> {
     let rest = bearer.strip_prefix(PREFIX).ok_or(TokenError::Malformed)?;
     let (name, secret) = rest.rsplit_once('.').ok_or(TokenError::Malformed)?;
     if name.is_empty() || secret.len() != 64 {
@@ -72,11 +79,7 @@ pub fn identity(
     if !token.valid_at(now_ms) {
         return Err(TokenError::Expired(name.to_string()));
     }
-    let role = Role::parse(&token.role).ok_or(TokenError::Malformed)?;
-    Ok(PeerIdentity {
-        name: format!("token:{name}"),
-        role,
-    })
+    Ok(name.to_string())
 }
 
 #[cfg(test)]
@@ -94,6 +97,7 @@ mod tests {
                 created_ms: 0,
                 expires_ms,
                 created_by: "admin".into(),
+                scope: None,
             },
         );
         state
@@ -103,11 +107,10 @@ mod tests {
     fn a_token_stands_for_its_role_until_it_expires() {
         let (secret, _) = new_secret().expect("random");
         let state = state_with("ci", &secret, Some(1_000));
-        let who = identity(&state, &token_text("ci", &secret), 999).expect("valid");
-        assert_eq!(who.role, Role::Viewer);
-        assert_eq!(who.name, "token:ci");
+        let name = check(&state, &token_text("ci", &secret), 999).expect("valid");
+        assert_eq!(name, "ci");
         assert_eq!(
-            identity(&state, &token_text("ci", &secret), 1_000),
+            check(&state, &token_text("ci", &secret), 1_000),
             Err(TokenError::Expired("ci".into()))
         );
     }
@@ -118,21 +121,17 @@ mod tests {
         let (other, _) = new_secret().expect("random");
         let state = state_with("ci", &secret, None);
         assert_eq!(
-            identity(&state, &token_text("ci", &other), 0),
+            check(&state, &token_text("ci", &other), 0),
             Err(TokenError::Mismatch("ci".into()))
         );
         assert_eq!(
-            identity(&state, &token_text("nope", &secret), 0),
+            check(&state, &token_text("nope", &secret), 0),
             Err(TokenError::Unknown("nope".into()))
         );
         for bad in ["", "pdk.", "pdk.ci", "Bearer x", "pdk.ci.short"] {
-            assert_eq!(
-                identity(&state, bad, 0),
-                Err(TokenError::Malformed),
-                "{bad}"
-            );
+            assert_eq!(check(&state, bad, 0), Err(TokenError::Malformed), "{bad}");
         }
-        let text = identity(&state, &token_text("ci", &other), 0)
+        let text = check(&state, &token_text("ci", &other), 0)
             .expect_err("mismatch")
             .to_string();
         assert!(!text.contains(&other));

@@ -8,6 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use paddock_api::certs::PeerIdentity;
+use paddock_model::access::{self, Credential};
 
 use super::problem::Problem;
 use super::Api;
@@ -17,9 +18,13 @@ use crate::service::Authenticated;
 pub const SESSION_COOKIE: &str = "paddock_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// The client certificate's identity, put on each request of its connection by the server.
+/// The client certificate's identity and the peer's address, put on each request of its
+/// connection by the server.
 #[derive(Debug, Clone)]
-pub struct ConnectionIdentity(pub Option<PeerIdentity>);
+pub struct ConnectionIdentity {
+    pub identity: Option<PeerIdentity>,
+    pub peer: std::net::SocketAddr,
+}
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +36,7 @@ pub enum Via {
 
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub who: PeerIdentity,
+    pub who: access::Caller,
     pub via: Via,
 }
 
@@ -66,11 +71,45 @@ pub fn session_token(parts: &Parts) -> Option<String> {
 }
 
 impl Api {
-    /// The identity a token stands for on this replica.
-    pub fn token_identity(&self, token: &str) -> Result<PeerIdentity, Problem> {
-        let state = self.ops.shared().read();
-        tokens::identity(&state.state, token, tokens::now_ms())
-            .map_err(|e| Problem::unauthenticated(e.to_string()))
+    /// The token a bearer text stands for on this replica (its name, once its secret, expiry
+    /// and existence are checked). A refusal is audited.
+    pub async fn token_name(&self, token: &str, from: String) -> Result<String, Problem> {
+        let checked = {
+            let state = self.ops.shared().read();
+            tokens::check(&state.state, token, tokens::now_ms())
+        };
+        match checked {
+            Ok(name) => Ok(name),
+            Err(error) => {
+                let who = access::Caller {
+                    name: error
+                        .token_name()
+                        .map_or("-".into(), |n| format!("token:{n}")),
+                    credential: Credential::Token {
+                        token: error.token_name().unwrap_or_default().to_string(),
+                    },
+                    from,
+                    request: String::new(),
+                };
+                self.ops
+                    .note_text(&who, "authenticate", "", &format!("refused: {error}"))
+                    .await;
+                Err(Problem::unauthenticated(error.to_string()))
+            }
+        }
+    }
+}
+
+fn token_caller(name: String, session: bool, from: String) -> access::Caller {
+    access::Caller {
+        name: format!("token:{name}"),
+        credential: if session {
+            Credential::Session { token: name }
+        } else {
+            Credential::Token { token: name }
+        },
+        from,
+        request: String::new(),
     }
 }
 
@@ -78,9 +117,18 @@ impl FromRequestParts<Api> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, Problem> {
-        if let Some(ConnectionIdentity(Some(who))) = parts.extensions.get::<ConnectionIdentity>() {
+        let connection = parts.extensions.get::<ConnectionIdentity>().cloned();
+        let from = connection
+            .as_ref()
+            .map(|c| c.peer.to_string())
+            .unwrap_or_default();
+        if let Some(ConnectionIdentity {
+            identity: Some(who),
+            peer,
+        }) = connection
+        {
             return Ok(Caller {
-                who: who.clone(),
+                who: crate::ops::auth::certificate_caller(&who, Some(peer)),
                 via: Via::Certificate,
             });
         }
@@ -94,13 +142,15 @@ impl FromRequestParts<Api> for Caller {
                         "the Authorization header must be `Bearer TOKEN` (a token from `paddock token create`)",
                     )
                 })?;
+            let name = api.token_name(token.trim(), from.clone()).await?;
             return Ok(Caller {
-                who: api.token_identity(token.trim())?,
+                who: token_caller(name, false, from),
                 via: Via::Bearer,
             });
         }
         if let Some(token) = session_token(parts) {
-            let who = api.token_identity(&token)?;
+            let name = api.token_name(&token, from.clone()).await?;
+            let who = token_caller(name, true, from);
             let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
             if !safe {
                 let given = parts

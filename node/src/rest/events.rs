@@ -97,8 +97,10 @@ async fn events(
         let page = api.services.events.list(caller.request(request)).await?;
         return Ok(Json(page.into_inner()).into_response());
     }
-    crate::ops::auth::authorize(&caller.who, Action::EventRead)
-        .map_err(|e| Problem::from(tonic::Status::from(crate::ops::OpError::from(e))))?;
+    api.ops
+        .authorize(&caller.who, Action::EventRead)
+        .await
+        .map_err(|e| Problem::from(tonic::Status::from(e)))?;
     let query = crate::service::events::events_query(&request)?;
     let events = crate::service::events::follow(api.ops.clone(), api.raft.clone(), query);
     let stream = futures::stream::unfold(events, |mut events| async move {

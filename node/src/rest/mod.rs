@@ -14,9 +14,11 @@
 //! The protobuf messages are the JSON bodies and OpenAPI schemas (derives added in the api
 //! crate's build script).
 
+mod access;
 pub mod auth;
 mod cluster;
 mod events;
+pub mod guard;
 mod kv;
 mod migrations;
 mod nodes;
@@ -59,6 +61,8 @@ pub struct Services {
     pub settings: Arc<SettingsService>,
     pub events: Arc<EventsService>,
     pub tokens: Arc<TokensService>,
+    pub access: Arc<crate::service::AccessService>,
+    pub audit: Arc<crate::service::AuditService>,
 }
 
 #[derive(Clone)]
@@ -95,6 +99,7 @@ pub struct Stale {
         (name = "events", description = "the cluster's event log, paged or live (SSE)"),
         (name = "kv", description = "the cluster key/value space"),
         (name = "tokens", description = "API tokens (admin)"),
+        (name = "access", description = "who may do what: roles, bindings, decisions explained, the audit log"),
     )
 )]
 struct ApiDoc;
@@ -176,6 +181,7 @@ fn api_routes() -> OpenApiRouter<Api> {
         .merge(migrations::routes())
         .merge(events::routes())
         .merge(kv::routes())
+        .merge(access::routes())
 }
 
 /// The OpenAPI document of `/api/v1` (committed as docs/openapi.json).
@@ -206,14 +212,16 @@ pub fn router(api: Api) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], spec) }
             }),
         )
+        .route_layer(axum::middleware::from_fn(guard::check))
         .fallback(|| async {
             Problem::not_found("no such API route; the routes are listed in /api/v1/openapi.json")
         });
     Router::new()
-        .nest("/api/v1", api_v1)
         .route("/metrics", get(metrics))
         .route("/", get(|| async { axum::response::Redirect::to("/ui") }))
         .merge(crate::ui::routes())
+        .route_layer(axum::middleware::from_fn(guard::check))
+        .nest("/api/v1", api_v1)
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -251,7 +259,7 @@ pub async fn serve(
     let metrics = api.metrics.clone();
     let router = router(api);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -277,7 +285,7 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(|leaf| paddock_api::certs::peer_identity(leaf));
-            let connection = auth::ConnectionIdentity(identity);
+            let connection = auth::ConnectionIdentity { identity, peer };
             let service = hyper::service::service_fn(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(connection.clone());

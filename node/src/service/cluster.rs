@@ -120,7 +120,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        authorized(&request, Action::ClusterStatus)?;
+        authorized(&self.ops, &request, Action::ClusterStatus).await?;
         let mut status = self.local_status();
         status.commit_index = self
             .raft
@@ -151,7 +151,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        authorized(&request, Action::MemberAdd)?;
+        authorized(&self.ops, &request, Action::MemberAdd).await?;
         if let Some(mut leader) = self.leader_client()? {
             return leader.join(request.into_inner()).await;
         }
@@ -195,7 +195,7 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        authorized(&request, Action::MemberRemove)?;
+        authorized(&self.ops, &request, Action::MemberRemove).await?;
         if let Some(mut leader) = self.leader_client()? {
             return leader.remove_member(request.into_inner()).await;
         }

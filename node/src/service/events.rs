@@ -135,7 +135,7 @@ impl events_server::Events for EventsService {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::FollowStream>, Status> {
-        authorized(&request, Action::EventRead)?;
+        authorized(&self.ops, &request, Action::EventRead).await?;
         let query = events_query(request.get_ref())?;
         let events = follow(self.ops.clone(), self.raft.clone(), query);
         use tokio_stream::StreamExt;

@@ -11,7 +11,7 @@ use paddock_model::image::{validate_image_name, validate_sha256, MAX_IMAGE_BYTES
 use paddock_model::{Command, Query, QueryResult};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{authorized, caller, refused, reply, unexpected};
+use super::{authorized, caller, member, refused, reply, unexpected};
 use crate::images::{ImageStore, StoreError};
 use crate::ops::auth::Action;
 use crate::ops::Ops;
@@ -41,7 +41,7 @@ impl images_server::Images for ImagesService {
         &self,
         request: Request<Streaming<pb::ImageChunk>>,
     ) -> Result<Response<pb::ImageInfo>, Status> {
-        authorized(&request, Action::ImageImport)?;
+        authorized(&self.ops, &request, Action::ImageImport).await?;
         let mut chunks = request.into_inner();
         let first = chunks
             .message()
@@ -93,6 +93,7 @@ impl images_server::Images for ImagesService {
                     sha256: stored.sha256.clone(),
                     node: self.node.clone(),
                 },
+                caller: None,
             })
             .await
             .map_err(crate::ops::OpError::from)?;
@@ -135,7 +136,7 @@ impl images_server::Images for ImagesService {
         &self,
         request: Request<pb::ImageFetchRequest>,
     ) -> Result<Response<Self::FetchStream>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let r = request.into_inner();
         validate_sha256(&r.sha256).map_err(Status::invalid_argument)?;
         let path = self.store.path_of(&r.sha256);

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
-use paddock_api::certs::PeerIdentity;
 use paddock_api::convert::{join_option, split_option};
 use paddock_api::pb::{self, kv_server};
+use paddock_model::access::Caller;
 use paddock_model::query::MAX_LIST_LIMIT;
 use paddock_model::{Command, Query, QueryResult, Rejection, Response as Applied};
 use tonic::{Request, Response, Status};
@@ -25,7 +25,7 @@ impl KvService {
     /// answer, not an error).
     async fn write(
         &self,
-        who: &PeerIdentity,
+        who: &Caller,
         id: Option<pb::RequestId>,
         command: Command,
     ) -> Result<Result<Applied, Rejection>, Status> {

@@ -5,13 +5,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use paddock_api::certs::PeerIdentity;
 use paddock_api::convert::migration_info;
 use paddock_api::pb::{self, migrations_client, migrations_server};
+use paddock_model::access::Caller;
 use paddock_model::{Command, Query, QueryResult, Response as Applied};
 use tonic::{Request, Response, Status};
 
-use super::{authorized, caller, leader_elsewhere, reply, unexpected};
+use super::{authorized, caller, leader_elsewhere, member, reply, unexpected};
 use crate::ops::{Action, Ops};
 use crate::progress_board::ProgressBoard;
 
@@ -30,7 +30,7 @@ impl MigrationsService {
         ))
     }
 
-    async fn get_here(&self, who: &PeerIdentity, id: u64) -> Result<pb::MigrationInfo, Status> {
+    async fn get_here(&self, who: &Caller, id: u64) -> Result<pb::MigrationInfo, Status> {
         match self.ops.read(who, Query::MigrationGet { id }, false).await? {
             QueryResult::Migration(Some(m)) => {
                 Ok(migration_info(&m, self.board.get(id).map(|(p, _)| p)))
@@ -62,7 +62,7 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationListRequest>,
     ) -> Result<Response<pb::MigrationListResponse>, Status> {
-        let who = authorized(&request, Action::MigrationRead)?;
+        let who = authorized(&self.ops, &request, Action::MigrationRead).await?;
         let finished = request.into_inner().finished;
         if let Some(address) = leader_elsewhere(self.ops.proposer())? {
             return self
@@ -92,7 +92,7 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationGetRequest>,
     ) -> Result<Response<pb::MigrationInfo>, Status> {
-        let who = authorized(&request, Action::MigrationRead)?;
+        let who = authorized(&self.ops, &request, Action::MigrationRead).await?;
         let id = request.into_inner().id;
         if let Some(address) = leader_elsewhere(self.ops.proposer())? {
             return self
@@ -109,7 +109,7 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationGetRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let who = authorized(&request, Action::MigrationRead)?;
+        let who = authorized(&self.ops, &request, Action::MigrationRead).await?;
         let id = request.into_inner().id;
         // Each update is a Get answered by the leader (whichever node that is by then), so a
         // watch survives leader changes.
@@ -175,7 +175,7 @@ impl migrations_server::Migrations for MigrationsService {
         &self,
         request: Request<pb::MigrationReport>,
     ) -> Result<Response<pb::MigrationReportResponse>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let pb::MigrationReport { id, progress } = request.into_inner();
         let progress = progress
             .ok_or_else(|| Status::invalid_argument("a migration report needs its progress"))?
@@ -189,7 +189,7 @@ impl migrations_server::Migrations for MigrationsService {
 /// the answer.
 pub async fn created(
     ops: &Ops,
-    who: &PeerIdentity,
+    who: &Caller,
     request_id: Option<pb::RequestId>,
     command: Command,
 ) -> Result<Response<pb::MigrationCreateResponse>, Status> {

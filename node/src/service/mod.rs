@@ -3,6 +3,8 @@
 //! work to `Ops` (which authorizes, checks and proposes) or, for Raft traffic, to openraft; no
 //! cluster logic lives here.
 
+mod access;
+mod audit;
 mod cluster;
 pub(crate) mod events;
 mod images;
@@ -14,6 +16,8 @@ mod settings;
 mod tokens;
 mod vms;
 
+pub use access::AccessService;
+pub use audit::AuditService;
 pub use cluster::ClusterService;
 pub use events::EventsService;
 pub use images::ImagesService;
@@ -26,10 +30,12 @@ pub use tokens::TokensService;
 pub use vms::VmsService;
 
 use paddock_api::certs::{peer_identity, PeerIdentity};
+use paddock_model::access::{Caller, Credential};
 use paddock_model::RejectionKind;
 use tonic::{Request, Response, Status};
 
-use crate::ops::{Action, OpError};
+use crate::ops::auth::certificate_caller;
+use crate::ops::{Action, OpError, Ops};
 use crate::proposer::Proposer;
 
 /// Wraps an answer; on a follower, names the leader so the client can go there directly.
@@ -90,21 +96,21 @@ fn unexpected<T: std::fmt::Debug>(what: &T) -> Status {
     OpError::unexpected(what).into()
 }
 
-/// The caller, allowed `action` (for calls that are not a command or a query; those are
-/// authorized by `Ops` from what they are).
-fn authorized<T>(request: &Request<T>, action: Action) -> Result<PeerIdentity, Status> {
+/// The caller, allowed `action` against this replica (for calls that are not a command or a
+/// query; those are authorized by `Ops` from what they are). A refusal is audited.
+async fn authorized<T>(ops: &Ops, request: &Request<T>, action: Action) -> Result<Caller, Status> {
     let who = caller(request)?;
-    crate::ops::auth::authorize(&who, action).map_err(OpError::from)?;
+    ops.authorize(&who, action).await?;
     Ok(who)
 }
 
 /// An identity the HTTPS API verified, carried into these services in process.
 #[derive(Debug, Clone)]
-pub struct Authenticated(pub PeerIdentity);
+pub struct Authenticated(pub Caller);
 
 /// The verified identity of the caller. tonic has already checked the certificate chain
 /// against the cluster CA; this reads name and role from it.
-fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
     // A request of the HTTPS API, authenticated there (client certificate or bearer token)
     // and handed to this service in process: extensions never come off the wire.
     if let Some(Authenticated(who)) = request.extensions().get::<Authenticated>() {
@@ -116,11 +122,25 @@ fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     let leaf = certs.first().ok_or_else(|| {
         Status::unauthenticated("a client certificate of the cluster CA is required")
     })?;
-    identity_of(leaf).ok_or_else(|| {
+    let who = identity_of(leaf).ok_or_else(|| {
         Status::permission_denied(
             "the client certificate has no Paddock name and role; issue one with `paddock certs client NAME --role ROLE`",
         )
-    })
+    })?;
+    Ok(certificate_caller(&who, request.remote_addr()))
+}
+
+/// The Raft service's check: only cluster nodes (certificate role `node`) make these calls.
+/// It runs on every append and vote, so it reads the certificate only, never the replica.
+fn member<T>(request: &Request<T>) -> Result<Caller, Status> {
+    let who = caller(request)?;
+    match &who.credential {
+        Credential::Certificate { role } if role == "node" => Ok(who),
+        _ => Err(Status::permission_denied(format!(
+            "{} may not make cluster-internal calls: only cluster nodes (certificate role node) do",
+            who.name
+        ))),
+    }
 }
 
 /// Parsing the certificate on every request shows in profiles; a caller presents the same
@@ -143,4 +163,54 @@ fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
         k.insert(der.to_vec(), parsed.clone());
     }
     parsed
+}
+
+/// The gRPC server's first check: a method without an entry in the permission table
+/// ([`crate::ops::auth::RPCS`]) is refused before any handler runs, so nothing added to the
+/// proto file is ever open by default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardLayer;
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Guard<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if crate::ops::auth::permission_of(path).is_none() {
+            let status = Status::permission_denied(format!(
+                "{path} has no entry in Paddock's permission table, so it is refused"
+            ));
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        Box::pin(self.inner.call(request))
+    }
 }

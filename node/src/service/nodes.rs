@@ -48,7 +48,7 @@ impl nodes_server::Nodes for NodesService {
         &self,
         request: Request<pb::NodeListRequest>,
     ) -> Result<Response<pb::NodeListResponse>, Status> {
-        let who = authorized(&request, Action::NodeRead)?;
+        let who = authorized(&self.ops, &request, Action::NodeRead).await?;
         let stale = request.into_inner().stale;
         // Only the leader knows who is suspect: a linearizable list is answered by it.
         if !stale {

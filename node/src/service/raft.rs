@@ -10,9 +10,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::authorized;
+use super::member;
 use crate::liveness::{self, Heard};
-use crate::ops::Action;
 use crate::proposer::Proposer;
 
 pub struct RaftService {
@@ -76,13 +75,13 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let rpc = decode(request.into_inner())?;
         encode(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let rpc = decode(request.into_inner())?;
         encode(&self.raft.vote(rpc).await)
     }
@@ -91,7 +90,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let rpc = decode(request.into_inner())?;
         encode(&self.raft.install_snapshot(rpc).await)
     }
@@ -100,7 +99,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        authorized(&request, Action::Internal)?;
+        member(&request)?;
         let forwarded: ForwardRequest = decode(request.into_inner())?;
         let reply = self.proposer.serve_as_leader(forwarded).await?;
         encode(&reply)
@@ -111,7 +110,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         // The node is who its certificate says, whatever it might claim.
-        let who = authorized(&request, Action::Internal)?;
+        let who = member(&request)?;
         Self::grant(
             &self.raft,
             &self.shared,
@@ -126,7 +125,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
-        let who = authorized(&request, Action::Internal)?;
+        let who = member(&request)?;
         // Only the current leader may hand over its leadership.
         let leader_id = self.raft.metrics().borrow().current_leader;
         if leader_id != Some(paddock_model::node_id_for_name(&who.name)) {

@@ -30,6 +30,7 @@ impl tokens_server::Tokens for TokensService {
                 "a token lives at most {MAX_TTL_SECS} s (ten years); give 0 for one that lives until revoked"
             )));
         }
+        let scope = parse_scope(&r.scope)?;
         let (secret, sha256) = new_secret().map_err(Status::internal)?;
         let ttl_ms = (r.ttl_secs > 0).then(|| r.ttl_secs * 1000);
         self.ops
@@ -42,6 +43,7 @@ impl tokens_server::Tokens for TokensService {
                     sha256,
                     ttl_ms,
                     by: who.name.clone(),
+                    scope,
                 },
             )
             .await?;
@@ -78,6 +80,7 @@ impl tokens_server::Tokens for TokensService {
                             created_ms: t.created_ms,
                             expires_ms: t.expires_ms,
                             created_by: t.created_by,
+                            scope: t.scope.map(|s| s.to_string()).unwrap_or_default(),
                         })
                         .collect(),
                 },
@@ -97,4 +100,14 @@ impl tokens_server::Tokens for TokensService {
             .await?;
         Ok(reply(self.ops.proposer(), pb::TokenRevokeResponse {}))
     }
+}
+
+/// An optional `KEY=VALUE` scope of a request (empty: none).
+pub(crate) fn parse_scope(text: &str) -> Result<Option<paddock_model::access::Scope>, Status> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    paddock_model::access::Scope::parse(text)
+        .map(Some)
+        .map_err(Status::invalid_argument)
 }

@@ -181,7 +181,7 @@ impl vms_server::Vms for VmsService {
         &self,
         request: Request<Streaming<pb::ConsoleInput>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        authorized(&request, Action::VmConsole)?;
+        authorized(&self.ops, &request, Action::VmConsole).await?;
         let mut input = request.into_inner();
         let first = input
             .message()
@@ -214,7 +214,7 @@ impl vms_server::Vms for VmsService {
         &self,
         request: Request<pb::VmLogsRequest>,
     ) -> Result<Response<pb::VmLogsResponse>, Status> {
-        authorized(&request, Action::VmConsole)?;
+        authorized(&self.ops, &request, Action::VmConsole).await?;
         let r = request.into_inner();
         let max = match u64::from(r.max_bytes) {
             0 => 64 << 10,

@@ -9,13 +9,13 @@
 
 mod pages;
 
+use crate::ops::Action;
 use axum::extract::{Form, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use paddock_api::certs::Role;
 use serde::Deserialize;
 
 use crate::rest::auth::{csrf_of, session_token, Caller, SESSION_COOKIE};
@@ -38,15 +38,14 @@ pub struct Visitor {
     /// The session's CSRF token (empty when the page was reached with a certificate or a
     /// bearer header, which need none).
     pub csrf: String,
+    /// Some grant allows operating VMs (the server still decides each action).
+    acts: bool,
 }
 
 impl Visitor {
     /// Operators and admins see action buttons.
     pub fn may_act(&self) -> bool {
-        matches!(
-            self.caller.who.role,
-            Role::Operator | Role::Admin | Role::Node
-        )
+        self.acts
     }
 }
 
@@ -56,6 +55,7 @@ impl FromRequestParts<Api> for Visitor {
     async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Visitor, Response> {
         match Caller::from_request_parts(parts, api).await {
             Ok(caller) => Ok(Visitor {
+                acts: api.ops.may_ever(&caller.who, Action::VmStart),
                 csrf: session_token(parts)
                     .map(|token| csrf_of(&token))
                     .unwrap_or_default(),
@@ -76,10 +76,24 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(api): State<Api>, Form(form): Form<LoginForm>) -> Response {
+async fn login(
+    State(api): State<Api>,
+    connection: Option<axum::Extension<crate::rest::auth::ConnectionIdentity>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let token = form.token.trim().to_string();
-    match api.token_identity(&token) {
-        Ok(_) => {
+    let from = connection.map(|c| c.peer.to_string()).unwrap_or_default();
+    match api.token_name(&token, from.clone()).await {
+        Ok(name) => {
+            let who = paddock_model::access::Caller {
+                name: format!("token:{name}"),
+                credential: paddock_model::access::Credential::Session {
+                    token: name.clone(),
+                },
+                from,
+                request: String::new(),
+            };
+            api.ops.note_text(&who, "session.login", "", "ok").await;
             let cookie = format!(
                 "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=86400"
             );

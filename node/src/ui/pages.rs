@@ -10,7 +10,7 @@ use paddock_model::events::ClusterEvent;
 use serde::Deserialize;
 
 use super::{failed, Visitor};
-use crate::ops::auth::{authorize, Action};
+use crate::ops::Action;
 use crate::rest::problem::{Params, Problem, Segments};
 use crate::rest::Api;
 
@@ -85,7 +85,7 @@ fn non_empty(text: &str) -> Option<String> {
 
 /// The events the log starts with, from this node's replica.
 fn recent_events(api: &Api, visitor: &Visitor) -> (Vec<ClusterEvent>, u64) {
-    if authorize(&visitor.caller.who, Action::EventRead).is_err() {
+    if !api.ops.may_ever(&visitor.caller.who, Action::EventRead) {
         return (Vec::new(), 0);
     }
     let shared = api.ops.shared().read();
@@ -116,7 +116,7 @@ fn layout(title: &str, visitor: Option<&Visitor>, body: Markup) -> Markup {
                 header {
                     a.brand href="/ui" { "Paddock" }
                     @if let Some(v) = visitor {
-                        span.who { (v.caller.who.name) " (" (v.caller.who.role.as_str()) ")" }
+                        span.who { (v.caller.who.name) " (" (v.caller.who.via()) ")" }
                         @if !v.csrf.is_empty() {
                             form.inline method="post" action="/ui/logout" { button type="submit" { "Log out" } }
                         }
