@@ -199,7 +199,8 @@ async fn unbind(
 pub struct AuditQuery {
     /// Records after this number.
     #[serde(default)]
-    pub after: u64,
+    #[param(minimum = 0)]
+    pub after: i64,
     /// Only this caller (certificate name or `token:NAME`).
     #[serde(default)]
     pub who: String,
@@ -208,7 +209,8 @@ pub struct AuditQuery {
     pub action: String,
     /// Only records at or after this time (ms since the epoch).
     #[serde(default)]
-    pub since_ms: u64,
+    #[param(minimum = 0)]
+    pub since_ms: i64,
     /// Only refusals.
     #[serde(default)]
     pub refused: bool,
@@ -234,14 +236,16 @@ async fn audit(
             "limit is at most 10000; page with `after`",
         ));
     }
+    let after = non_negative("after", q.after)?;
+    let since_ms = non_negative("since_ms", q.since_ms)?;
     let answer = api
         .services
         .audit
         .list(caller.request(pb::AuditListRequest {
-            after: q.after,
+            after,
             who: q.who,
             action: q.action,
-            since_ms: q.since_ms,
+            since_ms,
             refused: q.refused,
             limit: q.limit,
             stale: q.stale,
@@ -255,7 +259,8 @@ async fn audit(
 pub struct VerifyQuery {
     /// Recompute through this record (0: all this node holds).
     #[serde(default)]
-    pub upto: u64,
+    #[param(minimum = 0)]
+    pub upto: i64,
 }
 
 /// This node's recomputation of its audit chain (`audit.read`); compare `head` across nodes
@@ -270,7 +275,14 @@ async fn verify(
     let answer = api
         .services
         .audit
-        .verify(caller.request(pb::AuditVerifyRequest { upto: q.upto }))
+        .verify(caller.request(pb::AuditVerifyRequest {
+            upto: non_negative("upto", q.upto)?,
+        }))
         .await?;
     Ok(Json(answer.into_inner()))
+}
+
+/// Numbers are int64 in the document (u64 inside): a negative one is invalid.
+fn non_negative(name: &str, value: i64) -> Result<u64, Problem> {
+    u64::try_from(value).map_err(|_| Problem::invalid(format!("{name} must be 0 or more")))
 }
