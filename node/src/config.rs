@@ -153,12 +153,13 @@ pub struct Flags {
     /// memvm: memory each guest fills with mixed content at boot, e.g. 768MiB [default: 0].
     #[arg(long, env = "PADDOCK_MEMVM_FILL")]
     pub memvm_fill: Option<String>,
-    /// Benchmarks only (`paddock bench access`): no authorization and no audit records, so
-    /// their cost can be measured. A flag only (never in the file or the environment), hidden
-    /// from --help, and logged as a warning at start.
-    #[arg(long, hide = true)]
+    /// Benchmarks only (`paddock bench access`): `audit-only` skips every authorization
+    /// decision (audit records are still written), `none` skips decisions and audit records,
+    /// so their costs can be measured. A flag only (never in the file or the environment),
+    /// hidden from --help, and logged as a warning at start.
+    #[arg(long, hide = true, value_parser = ["full", "audit-only", "none"])]
     #[serde(skip)]
-    pub bench_without_authorization: bool,
+    pub bench_access: Option<String>,
 }
 
 impl Flags {
@@ -187,7 +188,7 @@ impl Flags {
         let mut flags: Flags = serde_json::from_value(merged)
             .map_err(|e| invalid(format!("the configuration cannot be merged: {e}")))?;
         flags.config = self.config;
-        flags.bench_without_authorization = self.bench_without_authorization;
+        flags.bench_access = self.bench_access;
         Ok(flags)
     }
 }
@@ -297,8 +298,8 @@ pub struct NodeConfig {
     pub keep_logs: u64,
     pub log: String,
     pub host: HostConfig,
-    /// Benchmarks only: every caller may do everything and nothing is audited.
-    pub without_authorization: bool,
+    /// Benchmarks only: how much of access control runs.
+    pub access: crate::ops::Enforcement,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -528,7 +529,11 @@ impl NodeConfig {
                 .log
                 .unwrap_or_else(|| "info,openraft=warn".to_string()),
             host,
-            without_authorization: flags.bench_without_authorization,
+            access: match flags.bench_access.as_deref() {
+                Some("audit-only") => crate::ops::Enforcement::AuditOnly,
+                Some("none") => crate::ops::Enforcement::None,
+                _ => crate::ops::Enforcement::Full,
+            },
         })
     }
 }

@@ -180,12 +180,10 @@ pub async fn run(
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Every client call goes through the operations layer (authorization, checks, proposing).
     let ops = Ops::new(proposer.clone(), shared.clone());
-    let ops = Arc::new(if config.without_authorization {
-        tracing::warn!("--bench-without-authorization: every caller may do everything and nothing is audited; for benchmarks only");
-        ops.without_authorization()
-    } else {
-        ops
-    });
+    if config.access != crate::ops::Enforcement::Full {
+        tracing::warn!(access = ?config.access, "--bench-access: authorization decisions are off; for benchmarks only");
+    }
+    let ops = Arc::new(ops.with_enforcement(config.access));
     let cluster = Arc::new(ClusterService {
         raft: raft.clone(),
         ops: ops.clone(),

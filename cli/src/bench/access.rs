@@ -19,21 +19,19 @@ pub async fn run(
 ) -> Result<(), Failure> {
     println!("bench access: 3 nodes, {clients} clients, {duration:?} per write round, {rounds} rounds per mode");
 
-    // 1. Writes with authorization and audit on, then off, interleaved so drift hits both.
+    // 1. Writes with all of access control, with audit records but no decisions, and with
+    // neither; interleaved so drift hits every mode.
     let value = "v".repeat(128);
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let modes = ["full", "audit-only", "none"];
+    let mut rates: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..rounds {
-        for (mode, off) in [("on", false), ("off", true)] {
-            let args = if off {
-                vec!["--bench-without-authorization".to_string()]
-            } else {
-                Vec::new()
-            };
+        for (m, mode) in modes.iter().enumerate() {
+            let args = vec!["--bench-access".to_string(), mode.to_string()];
             let (_dir, mut cluster) = start_cluster_with(3, args).await?;
             let result = write_round(&mut cluster, clients, duration, &value, "any").await?;
             let rate = result["writes_per_sec"].as_f64().unwrap_or(0.0);
-            rates[usize::from(off)].push(rate);
-            let audit = if off {
+            rates[m].push(rate);
+            let audit = if *mode == "none" {
                 0
             } else {
                 let mut client = cluster.client(Duration::from_secs(30))?;
@@ -47,19 +45,23 @@ pub async fn run(
             };
             println!(
                 "{}",
-                json!({"bench": "access-writes", "round": round + 1, "authorization": mode,
+                json!({"bench": "access-writes", "round": round + 1, "access": mode,
                        "clients": clients, "audit_records": audit, "result": result})
             );
             cluster.stop_all();
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let (on, off) = (mean(&rates[0]), mean(&rates[1]));
+    let (full, audit_only, none) = (mean(&rates[0]), mean(&rates[1]), mean(&rates[2]));
+    let cost =
+        |with: f64, without: f64| ((without - with) / without.max(1.0) * 1000.0).round() / 10.0;
     println!(
         "{}",
-        json!({"bench": "access-writes-summary", "writes_per_sec_on": on.round(),
-               "writes_per_sec_off": off.round(),
-               "cost_percent": ((off - on) / off.max(1.0) * 1000.0).round() / 10.0})
+        json!({"bench": "access-writes-summary", "writes_per_sec_full": full.round(),
+               "writes_per_sec_audit_only": audit_only.round(), "writes_per_sec_none": none.round(),
+               "authorization_cost_percent": cost(full, audit_only),
+               "audit_cost_percent": cost(audit_only, none),
+               "total_cost_percent": cost(full, none)})
     );
 
     // 2. Revocation: from the revoke's acknowledgement (committed and applied on the leader)

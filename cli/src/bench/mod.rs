@@ -37,7 +37,7 @@ pub enum BenchCommand {
         duration: Duration,
     },
     /// Access control's cost and speed: writes/s at 64 clients with authorization and audit
-    /// on and off (paddockd --bench-without-authorization, interleaved rounds), token
+    /// full, audit-only and none (paddockd --bench-access, interleaved rounds), token
     /// revocation seen by every node, and audit-chain verification of 1,000,000 records.
     Access {
         #[arg(long, default_value_t = 64)]

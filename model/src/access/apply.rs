@@ -12,38 +12,52 @@ use crate::state::ClusterState;
 static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl ClusterState {
-    /// Whether `caller` may do `command` against this state at `at_ms`: the one decision,
-    /// made by the receiving node before proposing and again by apply.
+    /// Whether `caller` may do `command` against this state at `at_ms`, and why: the one
+    /// decision, made by the receiving node before proposing and again by apply.
     pub fn authorize(&self, caller: &Caller, command: &Command, at_ms: u64) -> Decision {
         let action = action_of(command);
         let held = grants(&self.access, &self.tokens, caller, at_ms);
-        let one = |target| decide(&self.access, &caller.name, &held, action, target);
+        let mut decision = None;
+        self.each_target(command, |target| {
+            let d = decide(&self.access, &caller.name, &held, action, target);
+            let allowed = d.allowed;
+            decision = Some(d);
+            allowed
+        });
+        decision
+            .unwrap_or_else(|| decide(&self.access, &caller.name, &held, action, Target::Cluster))
+    }
+
+    /// [`Self::authorize`]'s answer without its explanation, and without allocating: what
+    /// every allowed request costs.
+    pub fn allows(&self, caller: &Caller, command: &Command, at_ms: u64) -> bool {
+        let action = action_of(command);
+        self.each_target(command, |target| {
+            super::allows(&self.access, &self.tokens, caller, at_ms, action, target)
+        })
+    }
+
+    /// Calls `check` with each target of `command` until one is refused; whether all passed.
+    fn each_target(&self, command: &Command, mut check: impl FnMut(Target<'_>) -> bool) -> bool {
         match command {
-            Command::VmCreate { name, spec, .. } => one(Target::Vm {
+            Command::VmCreate { name, spec, .. } => check(Target::Vm {
                 name,
                 labels: &spec.labels,
             }),
-            Command::VmCreateMany { vms } => {
-                let mut last = one(Target::Cluster);
-                for vm in vms {
-                    last = one(Target::Vm {
-                        name: &vm.name,
-                        labels: &vm.spec.labels,
-                    });
-                    if !last.allowed {
-                        break;
-                    }
-                }
-                last
-            }
+            Command::VmCreateMany { vms } if !vms.is_empty() => vms.iter().all(|vm| {
+                check(Target::Vm {
+                    name: &vm.name,
+                    labels: &vm.spec.labels,
+                })
+            }),
             Command::VmSetDesired { name, .. }
             | Command::VmDelete { name }
-            | Command::MigrationCreate { vm: name, .. } => one(self.vm_target(name)),
+            | Command::MigrationCreate { vm: name, .. } => check(self.vm_target(name)),
             Command::MigrationCancel { id } => match self.migrations.get(id) {
-                Some(m) => one(self.vm_target(&m.vm)),
-                None => one(Target::Cluster),
+                Some(m) => check(self.vm_target(&m.vm)),
+                None => check(Target::Cluster),
             },
-            _ => one(Target::Cluster),
+            _ => check(Target::Cluster),
         }
     }
 
@@ -67,15 +81,12 @@ impl ClusterState {
             // What the receiving node noted (a refusal before proposing, a login): recorded
             // as it was decided there.
             command.validate().map(|()| Response::Done)
+        } else if self.allows(caller, command, at_ms) {
+            apply(self)
         } else {
-            let decision = self.authorize(caller, command, at_ms);
-            if decision.allowed {
-                apply(self)
-            } else {
-                Err(Rejection::PermissionDenied {
-                    reason: decision.explanation,
-                })
-            }
+            Err(Rejection::PermissionDenied {
+                reason: self.authorize(caller, command, at_ms).explanation,
+            })
         };
         let (action, outcome_text) = match command {
             Command::AuditNote {

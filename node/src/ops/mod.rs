@@ -72,8 +72,19 @@ impl From<ProposeError> for OpError {
 pub struct Ops {
     proposer: Arc<Proposer>,
     shared: SharedState,
-    /// False only under `paddockd --bench-without-authorization`.
-    enforce: bool,
+    /// `Full` except under `paddockd --bench-access`.
+    enforce: Enforcement,
+}
+
+/// How much of access control runs: always all of it, except in benchmarks that measure it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcement {
+    /// Decide before proposing and in apply; audit every request.
+    Full,
+    /// Benchmarks: no decision anywhere (apply sees a cluster node's credential), audit kept.
+    AuditOnly,
+    /// Benchmarks: no decision, no audit record.
+    None,
 }
 
 impl Ops {
@@ -81,18 +92,18 @@ impl Ops {
         Ops {
             proposer,
             shared,
-            enforce: true,
+            enforce: Enforcement::Full,
         }
     }
 
     /// A cluster node's own certificate, or authorization off (benchmarks).
     fn unrestricted(&self, caller: &Caller) -> bool {
-        !self.enforce || is_member(caller)
+        self.enforce != Enforcement::Full || is_member(caller)
     }
 
-    /// Benchmarks only: no decision, no audit record (the caller is not proposed).
-    pub fn without_authorization(mut self) -> Ops {
-        self.enforce = false;
+    /// Benchmarks only: less than all of access control.
+    pub fn with_enforcement(mut self, enforce: Enforcement) -> Ops {
+        self.enforce = enforce;
         self
     }
 
@@ -115,12 +126,19 @@ impl Ops {
         id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, OpError> {
-        if !self.enforce {
+        if self.enforce != Enforcement::Full {
             precheck(&self.shared.read().state, &command)?;
+            let caller = (self.enforce == Enforcement::AuditOnly).then(|| Caller {
+                credential: access::Credential::Certificate {
+                    role: "node".into(),
+                },
+                request: format!("{:016x}", fastrand::u64(..)),
+                ..caller.clone()
+            });
             let request = ClientRequest {
                 id,
                 command,
-                caller: None,
+                caller,
             };
             return Ok(self.proposer.write(request).await??);
         }
@@ -131,13 +149,13 @@ impl Ops {
         };
         let refusal = {
             let state = &self.shared.read().state;
-            let decision = state.authorize(&caller, &command, tokens::now_ms());
-            if decision.allowed {
+            let now = tokens::now_ms();
+            if state.allows(&caller, &command, now) {
                 precheck(state, &command).err().map(OpError::from)
             } else {
                 Some(OpError::Denied(Denied {
                     action: access::action_of(&command),
-                    explanation: decision.explanation,
+                    explanation: state.authorize(&caller, &command, now).explanation,
                 }))
             }
         };
