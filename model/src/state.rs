@@ -106,6 +106,15 @@ impl ClusterState {
     }
 
     fn apply_request(&mut self, request: &ClientRequest, at_ms: u64) -> Outcome {
+        // A retry of an applied request gets its first answer, whatever changed since: it was
+        // authorized and recorded when it was applied.
+        if let Some(id) = request.id {
+            if let Some(session) = self.sessions.get(&id.client) {
+                if id.seq == session.last_seq {
+                    return session.outcome.clone();
+                }
+            }
+        }
         match &request.caller {
             Some(caller) => self.apply_as(caller, &request.command, at_ms, |state| {
                 state.apply_once(request, at_ms)

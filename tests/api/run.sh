@@ -26,6 +26,7 @@ run() {
         -H "Authorization: Bearer $token" \
         --max-examples "$examples" \
         --checks all \
+        --request-retries 2 \
         --seed 1 "$@"
 }
 # Revoking tokens last, on its own: the run revokes any token it can list, its own too.
@@ -33,4 +34,13 @@ status=0
 run --exclude-path '/tokens/{name}' 2>&1 | tee "$dir/all-but-revoke.log" || status=1
 run --include-path '/tokens/{name}' 2>&1 | tee "$dir/revoke.log" || status=1
 grep -h "generated," "$dir"/*.log || true
+# A retried network error must not hide a handler that panicked and dropped its connection:
+# the nodes' logs (their stderr too) must hold no panic.
+if grep -n "panicked" "$dir"/n*.log; then
+    echo "a node panicked while schemathesis ran (above)" >&2
+    status=1
+fi
+if [ "$status" -ne 0 ]; then
+    for log in "$dir"/n*.log; do echo "== $log (last lines)"; tail -20 "$log"; done >&2
+fi
 exit $status

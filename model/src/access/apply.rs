@@ -465,6 +465,63 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_of_an_applied_write_gets_its_answer_even_after_a_revocation() {
+        let mut state = ClusterState::default();
+        let root = caller("root", "admin");
+        let token = Command::TokenCreate {
+            name: "ci".into(),
+            role: "operator".into(),
+            sha256: "0".repeat(64),
+            ttl_ms: None,
+            by: "root".into(),
+            scope: None,
+        };
+        run(&mut state, 1, &root, token).expect("token");
+        let ci = Caller {
+            name: "token:ci".into(),
+            credential: Credential::Token { token: "ci".into() },
+            from: "127.0.0.1:9".into(),
+            request: "r".into(),
+        };
+        let put = ClientRequest {
+            id: Some(crate::RequestId { client: 7, seq: 1 }),
+            command: Command::KvPut {
+                key: "k".into(),
+                value: "v".into(),
+            },
+            caller: Some(ci.clone()),
+        };
+        let apply = |state: &mut ClusterState, at_ms, request: &ClientRequest| {
+            state
+                .apply(&Proposal {
+                    at_ms,
+                    requests: vec![request.clone()],
+                })
+                .remove(0)
+        };
+        let first = apply(&mut state, 2, &put);
+        assert!(first.is_ok());
+        run(
+            &mut state,
+            3,
+            &root,
+            Command::TokenRevoke { name: "ci".into() },
+        )
+        .expect("revoked");
+        // The lost answer's retry is answered from the record, not refused.
+        assert_eq!(apply(&mut state, 4, &put), first);
+        let records = state.audit.records.len();
+        // A new request with the revoked token is refused (and recorded).
+        let mut next = put.clone();
+        next.id = Some(crate::RequestId { client: 7, seq: 2 });
+        assert!(matches!(
+            apply(&mut state, 5, &next),
+            Err(Rejection::PermissionDenied { .. })
+        ));
+        assert_eq!(state.audit.records.len(), records + 1);
+    }
+
+    #[test]
     fn roles_in_use_are_not_deleted_and_grants_name_existing_roles() {
         let mut state = ClusterState::default();
         let root = caller("root", "admin");

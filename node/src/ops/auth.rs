@@ -140,7 +140,7 @@ pub const RPCS: &[(&str, Permission)] = {
         ("/paddock.v1.Access/WhoAmI", Me),
         ("/paddock.v1.Access/Can", Me),
         ("/paddock.v1.Audit/List", ByRequest),
-        ("/paddock.v1.Audit/Verify", ByRequest),
+        ("/paddock.v1.Audit/Verify", Do(A::AuditRead)),
     ]
 };
 
