@@ -60,8 +60,8 @@ pub struct CanArgs {
     #[arg(long)]
     on: Option<String>,
     /// Ask for another user (needs user.read); only the roles bound to the name count.
-    #[arg(long = "as")]
-    user: Option<String>,
+    #[arg(long = "as", id = "as_user", value_name = "USER")]
+    as_user: Option<String>,
 }
 
 fn scope_text(scope: &str) -> String {
@@ -225,7 +225,7 @@ pub async fn auth(command: AuthCommand, global: &Global) -> Result<(), Failure> 
         .can(pb::CanRequest {
             action: args.action,
             vm: args.on.unwrap_or_default(),
-            user: args.user.unwrap_or_default(),
+            user: args.as_user.unwrap_or_default(),
         })
         .await
         .map_err(client_failure)?;

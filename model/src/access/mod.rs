@@ -642,7 +642,7 @@ pub fn decide(
                 Some(value) => format!(", {name} has {}={value}", scope.key),
                 None => format!(", {name} has no label {}", scope.key),
             },
-            Target::Cluster if action.on_vm() => String::new(),
+            Target::Cluster if action.on_vm() => "; on a VM with that label it may".into(),
             Target::Cluster => format!(" and {action} is not an action on one VM"),
         };
         format!(
