@@ -25,8 +25,13 @@ async fn exit_codes_follow_the_kind_of_refusal() -> anyhow::Result<()> {
             .args(["--user", user, "--timeout", "10s"])
             .args(args)
             .output()?;
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        Ok((output.status.code().unwrap_or(-1), stderr))
+        // What the command printed, answer and error alike.
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.code().unwrap_or(-1), text))
     };
     let (code, stderr) = run(
         0,
@@ -74,6 +79,14 @@ async fn exit_codes_follow_the_kind_of_refusal() -> anyhow::Result<()> {
             "may not cluster.settings.write",
         ),
         ("otto", &["kv", "put", "k", "v"], 0, ""),
+        // `--as` asks about another user; the CLI still connects as `--user`.
+        (
+            "admin",
+            &["auth", "can", "vm.migrate", "--as", "nobody"],
+            9,
+            "nobody may not vm.migrate: it holds no role",
+        ),
+        ("admin", &["auth", "can", "vm.migrate"], 0, ""),
     ];
     for (i, (user, args, expected, words)) in cases.iter().enumerate() {
         let (code, stderr) = run(i, user, args)?;
